@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Benchmarks: `tools/benchmark.py im2rec|loader|train|parse-log ...`; see `--help` of each."""
+import importlib
+
+import click
+
+# each benchmark is a click command named `cli` in toolkit/benchmarks/<module>.py
+_COMMANDS = {"im2rec": "im2rec", "loader": "loader", "train": "train", "parse-log": "parse_log"}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in _COMMANDS:
+            return None
+        return importlib.import_module(f"toolkit.benchmarks.{_COMMANDS[name]}").cli
+
+
+@click.group(cls=_LazyGroup)
+def main():
+    """Measure throughput against a baseline run in the same invocation; print ratios."""
+
+
+if __name__ == "__main__":
+    main()
