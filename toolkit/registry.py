@@ -7,6 +7,7 @@ defaults=TrainDefaults(...))`. The trainer only ever calls `build_model(name, **
 import dataclasses
 import fnmatch
 import importlib
+import pkgutil
 from typing import Callable, Dict, List, Optional, Tuple
 
 from toolkit.errors import UserError
@@ -44,7 +45,6 @@ class Recipe:
 
 
 _REGISTRY: Dict[str, Recipe] = {}
-_FAMILIES = ("alexnet", "vgg", "googlenet", "resnet", "squeezenet")
 
 
 def register_recipe(name: str, defaults: TrainDefaults = TrainDefaults(), min_image_size: int = 32):
@@ -59,8 +59,9 @@ def register_recipe(name: str, defaults: TrainDefaults = TrainDefaults(), min_im
 
 
 def _load_all():
-    for fam in _FAMILIES:  # importing a recipe module registers its networks
-        importlib.import_module(f"recipes.{fam}")
+    import recipes  # every module in recipes/ registers its networks when imported
+    for mod in pkgutil.iter_modules(recipes.__path__):
+        importlib.import_module(f"recipes.{mod.name}")
 
 
 def list_recipes(pattern: Optional[str] = None) -> List[str]:
