@@ -1,0 +1,179 @@
+"""tools/im2rec.py and toolkit.lists/im2rec/verify against MXNet 1.9.1's files and on bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision.io as tvio
+
+from tests.helpers import run_tool
+from toolkit import im2rec, lists, recordio, toy, verify
+
+IM2REC = "tools/im2rec.py"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A small class-folder image set (the toy generator: 3 classes x 8 images)."""
+    return toy.make_toy_images(str(tmp_path_factory.mktemp("shapes")), images_per_class=8, num_classes=3)
+
+
+def _records(prefix):
+    r = recordio.IndexedRecordReader(prefix + ".idx", prefix + ".rec")
+    return [(k, *recordio.unpack(r.read_idx(k))) for k in r.keys]
+
+
+def _pixels(payload):
+    return tvio.decode_image(torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+                             mode=tvio.ImageReadMode.RGB)
+
+
+def test_list_mode_reproduces_mxnet_lists(mxnet191, tmp_path):
+    imgs = mxnet191 / "im2rec" / "imgs"
+    run_tool(IM2REC, "--list", "--recursive", tmp_path / "data", imgs)
+    assert (tmp_path / "data.lst").read_text() == (mxnet191 / "im2rec" / "data.lst").read_text()
+    lists.make_lists(str(tmp_path / "split"), str(imgs), recursive=True, chunks=2,
+                     train_ratio=0.6, test_ratio=0.2)
+    for name in [f"split_{c}_{s}.lst" for c in (0, 1) for s in ("train", "val", "test")]:
+        assert (tmp_path / name).read_text() == (mxnet191 / "im2rec" / name).read_text(), name
+    assert (tmp_path / "classes.tsv").read_text() == "0\t.\n1\tcat\n2\tdog\n3\tzebra\n"
+
+
+def test_pass_through_pack_label_is_byte_exact(mxnet191, tmp_path):
+    shutil.copy(mxnet191 / "im2rec" / "ml.lst", tmp_path / "ml.lst")
+    run_tool(IM2REC, "--pass-through", "--pack-label", tmp_path / "ml", mxnet191 / "im2rec" / "imgs")
+    assert (tmp_path / "ml.rec").read_bytes() == (mxnet191 / "im2rec" / "ml.rec").read_bytes()
+    assert (tmp_path / "ml.idx").read_bytes() == (mxnet191 / "im2rec" / "ml.idx").read_bytes()
+
+
+def test_encoded_records_match_mxnet_headers_and_pixels(mxnet191, tmp_path):
+    shutil.copy(mxnet191 / "im2rec" / "data.lst", tmp_path / "data.lst")
+    run_tool(IM2REC, "--resize", "16", "--num-thread", "2", tmp_path / "data", mxnet191 / "im2rec" / "imgs")
+    ours, theirs = _records(str(tmp_path / "data")), _records(str(mxnet191 / "im2rec" / "data"))
+    assert [(k, h.flag, h.label, h.id, h.id2) for k, h, _ in ours] == \
+        [(k, h.flag, h.label, h.id, h.id2) for k, h, _ in theirs]
+    for (_, _, a), (_, _, b) in zip(ours, theirs):
+        # same size (MXNet's integer arithmetic); these fixture images are pixel noise, so our
+        # antialiased resize and OpenCV's bilinear one agree on the mean colour, not pixel by pixel
+        pa, pb = _pixels(a).float(), _pixels(b).float()
+        assert pa.shape == pb.shape
+        assert torch.allclose(pa.mean((1, 2)), pb.mean((1, 2)), atol=4.0)
+
+
+def test_thread_count_does_not_change_output_and_shards_spread_evenly(shapes, tmp_path):
+    lists.make_lists(str(tmp_path / "s"), shapes, recursive=True)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, threads in ((one, 1), (two, 2)):
+        out.mkdir()
+        im2rec.pack_list(str(tmp_path / "s.lst"), shapes,
+                         im2rec.PackOptions(resize=40, num_thread=threads, num_shards=3), str(out))
+    names = [f"s-{k:05d}" for k in range(3)]
+    for n in names:
+        assert (one / f"{n}.rec").read_bytes() == (two / f"{n}.rec").read_bytes()
+        assert (one / f"{n}.idx").read_bytes() == (two / f"{n}.idx").read_bytes()
+    counts = [len(_records(str(one / n))) for n in names]
+    keys = [k for n in names for k, _, _ in _records(str(one / n))]
+    assert counts == [8, 8, 8] and keys == [it.index for it in lists.read_list(str(tmp_path / "s.lst"))]
+    assert min(_pixels(p).shape[1:].numel() and min(_pixels(p).shape[1:]) for _, _, p in
+               _records(str(one / names[0]))) == 40
+
+
+def test_mean_std_json_matches_decoded_pixels(shapes, tmp_path):
+    lists.make_lists(str(tmp_path / "s"), shapes, recursive=True)
+    im2rec.pack_list(str(tmp_path / "s.lst"), shapes, im2rec.PackOptions(pass_through=True))
+    stats = json.load(open(tmp_path / "s.mean_std.json"))
+    pix = torch.cat([_pixels(p).reshape(3, -1).double() for _, _, p in _records(str(tmp_path / "s"))], 1)
+    assert stats["images"] == 24
+    assert np.allclose(stats["mean"], pix.mean(1).numpy(), atol=1e-3)
+    assert np.allclose(stats["std"], pix.std(1, unbiased=False).numpy(), atol=1e-3)
+
+
+def test_corrupt_image_is_skipped_and_counted(shapes, tmp_path):
+    root = tmp_path / "imgs"
+    shutil.copytree(shapes, root)
+    (root / "circle" / "circle_0003.jpg").write_bytes(b"not a jpeg")
+    run = run_tool(IM2REC, "--list", "--recursive", tmp_path / "c", root)
+    run = run_tool(IM2REC, "--num-thread", "2", tmp_path / "c", root)
+    assert "circle_0003.jpg" in run.stderr and "23 records" in run.stdout and "1 skipped" in run.stdout
+    assert len(_records(str(tmp_path / "c"))) == 23
+
+
+def test_malformed_list_line_names_file_and_line(shapes, tmp_path):
+    (tmp_path / "bad.lst").write_text("0\t1.000000\tcircle/circle_0000.jpg\n1\tcircle/x.jpg\n")
+    run = run_tool(IM2REC, tmp_path / "bad", shapes, check=False)
+    assert run.returncode == 2 and "bad.lst:2:" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "bad.rec").exists()
+
+
+def test_read_list_accepts_integer_labels_and_any_whitespace(tmp_path):
+    (tmp_path / "x.lst").write_text("3\t2\tdog/a.jpg\n7 1  0.5   cat/b.jpg\n\n")
+    items = list(lists.read_list(str(tmp_path / "x.lst")))
+    assert items == [lists.ListItem(3, "dog/a.jpg", (2.0,)), lists.ListItem(7, "cat/b.jpg", (1.0, 0.5))]
+
+
+def test_kaggle_names_and_imagenet_val_labels(tmp_path):
+    root = tmp_path / "kaggle"
+    root.mkdir()
+    for name in ("dog.1.jpg", "cat.10.jpg", "cat.2.jpg"):
+        shutil.copy(toy.make_toy_images(str(tmp_path / "t"), 2, 2) + "/circle/circle_0000.jpg", root / name)
+    lists.make_lists(str(tmp_path / "k"), str(root), label_from_name=True, shuffle=False)
+    assert [(it.path, it.labels) for it in lists.read_list(str(tmp_path / "k.lst"))] == \
+        [("cat.10.jpg", (0.0,)), ("cat.2.jpg", (0.0,)), ("dog.1.jpg", (1.0,))]
+    (tmp_path / "gt.txt").write_text("2\n1\n2\n")
+    items = lists.imagenet_val_items(str(root), str(tmp_path / "gt.txt"), ["n2", "n1"], ["n1", "n2"])
+    assert [it.labels[0] for it in items] == [0.0, 1.0, 0.0]
+
+
+def test_verify_reports_truncation_and_rebuilds_missing_index(shapes, tmp_path):
+    lists.make_lists(str(tmp_path / "v"), shapes, recursive=True)
+    im2rec.pack_list(str(tmp_path / "v.lst"), shapes, im2rec.PackOptions(pass_through=True))
+    idx = (tmp_path / "v.idx").read_bytes()
+    os.remove(tmp_path / "v.idx")
+    run = run_tool(IM2REC, "--verify", "--fix-index", tmp_path / "v")
+    assert (tmp_path / "v.idx").read_bytes() == idx and "24 records" in run.stdout
+    data = (tmp_path / "v.rec").read_bytes()
+    last = recordio.read_index(str(tmp_path / "v.idx"))[-1][1]
+    (tmp_path / "v.rec").write_bytes(data[:last + 4])  # the last record's header cut in half
+    run = run_tool(IM2REC, "--verify", tmp_path / "v", check=False)
+    assert run.returncode == 2 and f"truncated record header at offset {last}" in run.stdout
+    (tmp_path / "v.rec").write_bytes(data[:last])  # now the .idx points past the end
+    report = verify.verify_rec(str(tmp_path / "v.rec"))
+    assert report.records == 23 and any(f"offset {last} is past the end" in p for p in report.problems)
+
+
+def test_killed_pack_leaves_nothing_under_final_names(tmp_path):
+    root = toy.make_toy_images(str(tmp_path / "imgs"), images_per_class=150, num_classes=4)
+    lists.make_lists(str(tmp_path / "k"), root, recursive=True)
+    proc = subprocess.Popen([sys.executable, IM2REC, "--resize", "300", "--encoding", ".png",
+                             str(tmp_path / "k"), root], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(".k.rec.tmp" in f for f in os.listdir(tmp_path)):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = os.listdir(tmp_path)
+    assert any(".k.rec.tmp" in f for f in left), left  # it was killed mid-write
+    assert not {"k.rec", "k.idx", "k.mean_std.json"} & set(left)
+
+
+def test_toy_dataset_is_deterministic_and_varied(tmp_path):
+    a = toy.make_toy_images(str(tmp_path / "a"), images_per_class=3, num_classes=10, seed=1)
+    b = toy.make_toy_images(str(tmp_path / "b"), images_per_class=3, num_classes=10, seed=1)
+    files = sorted(os.path.relpath(os.path.join(d, f), a) for d, _, fs in os.walk(a) for f in fs)
+    assert len(files) == 30 and len(set(os.path.dirname(f) for f in files)) == 10
+    for f in files:
+        assert open(os.path.join(a, f), "rb").read() == open(os.path.join(b, f), "rb").read()
+    sizes = {tuple(tvio.decode_image(os.path.join(a, f)).shape[1:]) for f in files}
+    assert len(sizes) > 20 and all(64 <= s <= 160 for hw in sizes for s in hw)
+    root = toy.ensure_toy_dataset(str(tmp_path / "ds"), images_per_class=6, num_classes=10, quiet=True)
+    n_train = len(recordio.read_index(os.path.join(root, "toy_train.idx")))
+    n_val = len(recordio.read_index(os.path.join(root, "toy_val.idx")))
+    assert (n_train, n_val) == (48, 12)
+    assert lists.read_classes(os.path.join(root, "classes.tsv")) == sorted(toy.CLASSES)

@@ -1,0 +1,189 @@
+""".lst image lists exactly as MXNet 1.x's tools/im2rec.py writes them (formats.md §4).
+
+`make_lists` reproduces MXNet's list mode (walk order, labels, `random.seed(100)` shuffle, ratios,
+chunk names) so the same folder gives the same files; `read_list` also reads integer labels and
+any-whitespace lines (the C++ im2rec style). Beyond MXNet: `classes.tsv` beside the lists, labels
+from Kaggle-style file names (`cat.123.jpg`) and ImageNet devkit validation ground truth.
+"""
+import os
+import random
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+from toolkit.atomic import atomic_open
+from toolkit.errors import UserError
+
+DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
+
+
+class ListItem(NamedTuple):
+    index: int
+    path: str
+    labels: Tuple[float, ...]
+
+
+def walk_images(root: str, recursive: bool, exts: Sequence[str] = DEFAULT_EXTS):
+    """MXNet's list_image: (items, {folder: label}); folders get labels the first time they yield."""
+    exts = tuple(e.lower() for e in exts)
+    items: List[ListItem] = []
+    cats: Dict[str, int] = {}
+    if recursive:
+        for path, dirs, files in os.walk(root, followlinks=True):
+            dirs.sort()
+            files.sort()
+            for fname in files:
+                fpath = os.path.join(path, fname)
+                if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
+                    cats.setdefault(path, len(cats))
+                    items.append(ListItem(len(items), os.path.relpath(fpath, root), (float(cats[path]),)))
+    else:
+        for fname in sorted(os.listdir(root)):
+            fpath = os.path.join(root, fname)
+            if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
+                items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
+    return items, {os.path.relpath(k, root): v for k, v in cats.items()}
+
+
+def format_line(item: ListItem) -> str:
+    return "%d\t" % item.index + "".join("%f\t" % v for v in item.labels) + "%s\n" % item.path
+
+
+def write_list(path: str, items: Sequence[ListItem]):
+    with atomic_open(path) as f:
+        f.writelines(format_line(it) for it in items)
+
+
+def split_names(prefix: str, chunks: int, train_ratio: float, test_ratio: float):
+    """[(path, slice-function)] of the lists MXNet writes, in its order."""
+    out = []
+    for i in range(chunks):
+        base = prefix + ("_%d" % i if chunks > 1 else "")
+        if train_ratio == 1.0:
+            out.append((i, base + ".lst", "all"))
+            continue
+        if test_ratio:
+            out.append((i, base + "_test.lst", "test"))
+        if train_ratio + test_ratio < 1.0:
+            out.append((i, base + "_val.lst", "val"))
+        out.append((i, base + "_train.lst", "train"))
+    return out
+
+
+def make_lists(prefix: str, root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS,
+               train_ratio: float = 1.0, test_ratio: float = 0.0, chunks: int = 1,
+               shuffle: bool = True, label_from_name: bool = False) -> List[str]:
+    """MXNet's make_list; returns the paths written. Also writes classes.tsv beside the lists."""
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: image folder not found")
+    if not (0 < train_ratio <= 1 and 0 <= test_ratio < 1 and train_ratio + test_ratio <= 1):
+        raise UserError(f"--train-ratio {train_ratio} / --test-ratio {test_ratio}: need "
+                        "0 < train <= 1, 0 <= test < 1 and train + test <= 1")
+    items, cats = walk_images(root, recursive, exts)
+    if not items:
+        raise UserError(f"{root}: no images with extensions {' '.join(exts)} "
+                        f"({'' if recursive else 'add --recursive for class folders; '}see --exts)")
+    if label_from_name:
+        items, cats = _labels_from_names(items)
+    if shuffle:
+        random.seed(100)  # MXNet's fixed seed: same folder, same list files
+        random.shuffle(items)
+    size = (len(items) + chunks - 1) // chunks
+    written = []
+    for i, path, part in split_names(prefix, chunks, train_ratio, test_ratio):
+        chunk = items[i * size:(i + 1) * size]
+        sep, sep_test = int(size * train_ratio), int(size * test_ratio)
+        sel = {"all": chunk, "test": chunk[:sep_test], "val": chunk[sep_test + sep:],
+               "train": chunk[sep_test:sep_test + sep]}[part]
+        write_list(path, sel)
+        written.append(path)
+    if cats:
+        write_classes(os.path.join(os.path.dirname(os.path.abspath(prefix)), "classes.tsv"), cats)
+    return written
+
+
+def _labels_from_names(items: List[ListItem]):
+    """Kaggle-style sets (`cat.123.jpg`, `dog.7.jpg`): the label is the name before the first dot."""
+    names = sorted({os.path.basename(it.path).split(".")[0] for it in items})
+    cats = {n: i for i, n in enumerate(names)}
+    relabelled = [it._replace(labels=(float(cats[os.path.basename(it.path).split(".")[0]]),))
+                  for it in items]
+    return relabelled, cats
+
+
+def write_classes(path: str, cats: Dict[str, int], words: Optional[Dict[str, str]] = None):
+    """classes.tsv: `label<TAB>folder[<TAB>synset words]`, one line per class in label order."""
+    with atomic_open(path) as f:
+        for name, label in sorted(cats.items(), key=lambda kv: kv[1]):
+            extra = f"\t{words[name]}" if words and name in words else ""
+            f.write(f"{label}\t{name}{extra}\n")
+
+
+def read_classes(path: str) -> List[str]:
+    names = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.rstrip("\n").split("\t")
+            if not line.strip():
+                continue
+            if len(fields) < 2 or not fields[0].isdigit() or int(fields[0]) != len(names):
+                raise UserError(f"{path}:{lineno}: expected '{len(names)}<TAB>name', got {line.strip()!r}")
+            names.append(fields[1])
+    return names
+
+
+def read_synset_words(path: str) -> Dict[str, str]:
+    """ImageNet's synset_words.txt / LOC_synset_mapping.txt: `n01440764 tench, Tinca tinca`."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                wnid, _, words = line.strip().partition(" ")
+                out[wnid] = words
+    return out
+
+
+def read_list(path: str) -> Iterator[ListItem]:
+    """Yield the items of an .lst file; a malformed line stops with `file:line` and the reason."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: list file not found")
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) < 3:  # C++ im2rec style: any whitespace (paths without spaces)
+                fields = line.split()
+            if len(fields) < 3:
+                raise UserError(f"{path}:{lineno}: expected 'index<TAB>label[<TAB>label...]<TAB>path', "
+                                f"got {line.strip()!r}")
+            try:
+                index = int(fields[0])
+                labels = tuple(float(v) for v in fields[1:-1])
+            except ValueError:
+                raise UserError(f"{path}:{lineno}: index must be an integer and labels numbers, "
+                                f"got {line.strip()!r}") from None
+            yield ListItem(index, fields[-1].strip(), labels)
+
+
+def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Sequence[str]] = None,
+                       classes: Optional[Sequence[str]] = None) -> List[ListItem]:
+    """ILSVRC-2012 validation: sorted `ILSVRC2012_val_%08d.JPEG` labelled from the devkit ground truth.
+
+    The devkit's ILSVRC2012_validation_ground_truth.txt holds 1-based ILSVRC2012_IDs, whose order
+    (meta.mat) is not the sorted-wnid order of the train folders. Give `id_wnids` (the wnid of each
+    ID, line k = ID k) and `classes` (classes.tsv of the train list) to get the train labels; without
+    them the label is ID - 1, the devkit's own order.
+    """
+    with open(ground_truth) as f:
+        ids = [int(x) for x in f.read().split()]
+    files = sorted(f for f in os.listdir(val_dir) if f.lower().endswith((".jpeg", ".jpg", ".png")))
+    if len(files) != len(ids):
+        raise UserError(f"{ground_truth}: {len(ids)} labels but {len(files)} images in {val_dir}")
+    if id_wnids is not None and classes is not None:
+        label_of = {name: i for i, name in enumerate(classes)}
+        missing = sorted({id_wnids[k - 1] for k in ids} - set(label_of))
+        if missing:
+            raise UserError(f"{ground_truth}: synsets {missing[:3]} are not among the train classes")
+        labels = [label_of[id_wnids[k - 1]] for k in ids]
+    else:
+        labels = [k - 1 for k in ids]
+    return [ListItem(i, fname, (float(lab),)) for i, (fname, lab) in enumerate(zip(files, labels))]

@@ -1,0 +1,119 @@
+"""The built-in toy dataset: procedurally drawn shapes in class folders, deterministic for a seed.
+
+Ten classes, each a shape with its own colour family, drawn at a random position, scale and
+rotation on a textured background with clutter, at sizes from 64 to 160 pixels. A small CNN learns
+it to high accuracy in a few CPU minutes; it is the default dataset of the quickstart and the tests.
+"""
+import math
+import os
+from typing import List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from toolkit.im2rec import PackOptions, pack_list
+from toolkit.lists import make_lists
+
+CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon",
+           "stripes", "checker"]
+# base RGB per class; each image jitters it
+COLOURS = [(220, 40, 40), (40, 170, 60), (50, 80, 220), (230, 200, 30), (150, 50, 200),
+           (240, 130, 20), (30, 200, 210), (230, 60, 170), (245, 245, 245), (130, 80, 40)]
+
+
+def _polygon(cx, cy, r, n, rot, star=False) -> List[Tuple[float, float]]:
+    m = 2 * n if star else n  # a star alternates outer and inner points
+    return [(cx + rad * math.cos(rot + 2 * math.pi * k / m), cy + rad * math.sin(rot + 2 * math.pi * k / m))
+            for k, rad in ((k, r if not star or k % 2 == 0 else r * 0.45) for k in range(m))]
+
+
+def _draw_shape(d: ImageDraw.ImageDraw, cls: int, cx, cy, r, rot, fill):
+    name = CLASSES[cls]
+    if name == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif name == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(2, int(r / 3)))
+    elif name in ("square", "triangle", "diamond", "hexagon"):
+        n = {"square": 4, "triangle": 3, "diamond": 4, "hexagon": 6}[name]
+        extra = math.pi / 4 if name == "diamond" else 0
+        pts = _polygon(cx, cy, r, n, rot + extra)
+        if name == "diamond":  # elongated: distinct from a rotated square
+            pts = [(cx + (x - cx) * 0.6, y) for x, y in pts]
+        d.polygon(pts, fill=fill)
+    elif name == "star":
+        d.polygon(_polygon(cx, cy, r, 5, rot, star=True), fill=fill)
+    elif name == "cross":
+        w = r / 3
+        for a in (rot, rot + math.pi / 2):
+            dx, dy = math.cos(a), math.sin(a)
+            px, py = -dy * w, dx * w
+            d.polygon([(cx - dx * r + px, cy - dy * r + py), (cx + dx * r + px, cy + dy * r + py),
+                       (cx + dx * r - px, cy + dy * r - py), (cx - dx * r - px, cy - dy * r - py)],
+                      fill=fill)
+    elif name == "stripes":
+        step = max(3, int(r / 3))
+        for k in range(-3, 4):
+            o = k * step
+            d.line([(cx - r, cy + o - r / 3), (cx + r, cy + o + r / 3)], fill=fill, width=max(2, step // 2))
+    elif name == "checker":
+        s = max(3, int(r / 2))
+        for i in range(-2, 2):
+            for j in range(-2, 2):
+                if (i + j) % 2 == 0:
+                    d.rectangle([cx + i * s, cy + j * s, cx + (i + 1) * s, cy + (j + 1) * s], fill=fill)
+
+
+def draw_image(rng: np.random.Generator, cls: int) -> Image.Image:
+    """One image of class `cls`: textured background, clutter, then the class's shape."""
+    w, h = (int(v) for v in rng.integers(64, 161, size=2))
+    bg = rng.integers(30, 140, size=3)
+    noise = rng.normal(0, 18, size=(h, w, 3)) + bg
+    img = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
+    d = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 7))):  # clutter: thin lines and dots in dull colours
+        c = tuple(int(v) for v in rng.integers(40, 160, size=3))
+        x0, y0, x1, y1 = (float(v) for v in rng.random(4) * [w, h, w, h])
+        if rng.random() < 0.5:
+            d.line([(x0, y0), (x1, y1)], fill=c, width=int(rng.integers(1, 3)))
+        else:
+            d.ellipse([x0, y0, x0 + 4, y0 + 4], fill=c)
+    r = float(rng.uniform(0.22, 0.4)) * min(w, h)
+    cx = float(rng.uniform(r, w - r))
+    cy = float(rng.uniform(r, h - r))
+    fill = tuple(int(np.clip(v + rng.integers(-35, 36), 0, 255)) for v in COLOURS[cls])
+    _draw_shape(d, cls, cx, cy, r, float(rng.uniform(0, 2 * math.pi)), fill)
+    return img
+
+
+def make_toy_images(root: str, images_per_class: int = 250, num_classes: int = 10, seed: int = 0) -> str:
+    """Write `images_per_class` JPEGs per class into root/<class>/; deterministic for `seed`."""
+    if not 2 <= num_classes <= len(CLASSES):
+        raise ValueError(f"num_classes must be 2..{len(CLASSES)}")
+    for cls in range(num_classes):
+        folder = os.path.join(root, CLASSES[cls])
+        os.makedirs(folder, exist_ok=True)
+        rng = np.random.default_rng([seed, cls])  # per class: adding classes keeps the others
+        for i in range(images_per_class):
+            draw_image(rng, cls).save(os.path.join(folder, f"{CLASSES[cls]}_{i:04d}.jpg"), quality=90)
+    return root
+
+
+def toy_files(root: str) -> List[str]:
+    names = [f"toy_{s}.{e}" for s in ("train", "val") for e in ("rec", "idx", "mean_std.json")]
+    return [os.path.join(root, n) for n in names + ["classes.tsv"]]
+
+
+def ensure_toy_dataset(root: str = "data/toy", images_per_class: int = 250, num_classes: int = 10,
+                       seed: int = 0, num_thread: int = 0, quiet: bool = False) -> str:
+    """Generate, list (80/20 train/val) and pack the toy dataset into `root`, unless already there."""
+    if all(os.path.exists(p) for p in toy_files(root)):
+        return root
+    if not quiet:
+        print(f"building the toy dataset in {root} ({num_classes} classes x {images_per_class} "
+              "images; done once)", flush=True)
+    images = make_toy_images(os.path.join(root, "images"), images_per_class, num_classes, seed)
+    lists = make_lists(os.path.join(root, "toy"), images, recursive=True, train_ratio=0.8)
+    opts = PackOptions(pass_through=True, num_thread=num_thread or (os.cpu_count() or 1))
+    for lst in lists:
+        pack_list(lst, images, opts)
+    return root
