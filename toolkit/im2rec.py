@@ -75,11 +75,11 @@ def _encode(img: torch.Tensor, opts: PackOptions) -> bytes:
 
 
 def _stats(img: torch.Tensor) -> np.ndarray:
-    """Per-channel pixel count, sum and sum of squares (float64) of an RGB uint8 image."""
-    x = img[:3].reshape(img.shape[0] if img.shape[0] < 3 else 3, -1).double()
+    """Per-channel pixel count, sum and sum of squares of a uint8 image (grey counts as RGB)."""
+    x = img[:3].reshape(min(img.shape[0], 3), -1).to(torch.int64)  # exact integer sums, fast
     if x.shape[0] == 1:
         x = x.expand(3, -1)
-    return np.concatenate([[x.shape[1]], x.sum(1).numpy(), (x * x).sum(1).numpy()])
+    return np.concatenate([[x.shape[1]], x.sum(1).numpy(), (x * x).sum(1).numpy()]).astype(np.float64)
 
 
 def _decode(data: bytes, color: int) -> torch.Tensor:

@@ -78,5 +78,8 @@ def get_recipe(name: str) -> Recipe:
 
 
 def build_model(name: str, **options):
-    """Build recipe `name` with model options (num_classes, image_size, act, bn, init, ...)."""
-    return get_recipe(name).fn(**options)
+    """Build recipe `name` with model options (num_classes, image_size, act, bn, init, ...).
+
+    Options given as None mean "the recipe's default" and are dropped.
+    """
+    return get_recipe(name).fn(**{k: v for k, v in options.items() if v is not None})

@@ -1,0 +1,74 @@
+"""`tools/benchmark.py im2rec`: our packer against MXNet 1.9.1's own tools/im2rec.py, same folder,
+same options (`--resize 256 --quality 95`), same thread counts, in one invocation.
+
+The steady packing rate is measured differentially: each tool packs a small list and the full list,
+and rate = (N_full - N_small) / (T_full - T_small), so interpreter start-up and imports cancel out.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import click
+
+from toolkit.benchmarks.images import imagenet_like_folder
+from toolkit.lists import make_lists, read_list, write_list
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _timed(cmd) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def _rate(tool_cmd, src: str, work: str, lists_by_n: dict, threads: int) -> float:
+    times = {}
+    for n, lst in lists_by_n.items():
+        # "small" and "full": neither is a prefix of the other (im2rec packs every PREFIX*.lst)
+        prefix = os.path.join(work, "run", "small" if n == min(lists_by_n) else "full")
+        shutil.copy(lst, prefix + ".lst")
+        times[n] = _timed(tool_cmd + ["--resize", "256", "--quality", "95", "--num-thread",
+                                      str(threads), prefix, src])
+        for ext in (".rec", ".idx"):
+            os.remove(prefix + ext)
+    (small, t_small), (big, t_big) = sorted(times.items())
+    return (big - small) / max(t_big - t_small, 1e-9)
+
+
+@click.command()
+@click.option("--images", type=click.IntRange(min=200), default=2000, show_default=True)
+@click.option("--threads", default="1,2", show_default=True, help="Comma-separated thread counts.")
+@click.option("--data", default="bench-data/im2rec", show_default=True, help="Cache folder.")
+@click.option("--mxnet-python", default=os.path.join(REPO, ".mxnet-venv/bin/python"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object.")
+def cli(images, threads, data, mxnet_python, as_json):
+    """Pack ImageNet-like JPEGs (about 500x375) with ours and MXNet's im2rec; print images/s."""
+    src = imagenet_like_folder(os.path.join(data, "src"), n=images)
+    work = os.path.join(data, "work")
+    os.makedirs(os.path.join(work, "run"), exist_ok=True)
+    make_lists(os.path.join(work, "all"), src, recursive=True)
+    items = list(read_list(os.path.join(work, "all.lst")))
+    small = max(50, images // 10)
+    write_list(os.path.join(work, "small.lst"), items[:small])
+    lists_by_n = {small: os.path.join(work, "small.lst"), len(items): os.path.join(work, "all.lst")}
+    mx_tool = os.path.join(os.path.dirname(os.path.dirname(mxnet_python)),
+                           "lib/python3.11/site-packages/mxnet/tools/im2rec.py")
+    tools = {"ours": [sys.executable, os.path.join(REPO, "tools/im2rec.py")],
+             "mxnet": [mxnet_python, mx_tool]}
+    result = {"images": len(items)}
+    for t in [int(x) for x in threads.split(",")]:
+        for name, cmd in tools.items():
+            result[f"{name}_{t}t"] = round(_rate(cmd, src, work, lists_by_n, t), 1)
+            print(f"{name:5s} {t} thread(s): {result[f'{name}_{t}t']:8.1f} images/s", flush=True)
+        result[f"ratio_ours_vs_mxnet_{t}t"] = round(result[f"ours_{t}t"] / result[f"mxnet_{t}t"], 2)
+        print(f"ours / mxnet at {t} thread(s): {result[f'ratio_ours_vs_mxnet_{t}t']:.2f}x")
+    ts = sorted(int(x) for x in threads.split(","))
+    if len(ts) > 1:
+        result["ours_scaling"] = round(result[f"ours_{ts[-1]}t"] / result[f"ours_{ts[0]}t"], 2)
+        print(f"ours {ts[-1]} threads / {ts[0]} thread: {result['ours_scaling']:.2f}x")
+    if as_json:
+        print(json.dumps(result))
