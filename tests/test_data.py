@@ -1,0 +1,162 @@
+"""Loaders (CPU): both backends, rank sharding, equal epoch lengths, exact evaluation, resume, bad input.
+
+The dataset gives every record a unique label (its index), so labels identify records.
+"""
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision.io as tvio
+
+from toolkit import recordio
+from toolkit.data import build_loader, dataset_info
+from toolkit.data.sampler import RankBatches
+from toolkit.errors import UserError
+
+N_TRAIN, N_VAL = 60, 23
+
+
+def write_split(path_prefixes, labels, rng, bad=()):
+    per = -(-len(labels) // len(path_prefixes))
+    for s, prefix in enumerate(path_prefixes):
+        with recordio.IndexedRecordWriter(prefix + ".idx", prefix + ".rec") as w:
+            for i in labels[s * per:(s + 1) * per]:
+                img = torch.from_numpy(rng.integers(0, 255, (3, 40 + i % 7, 36), dtype=np.uint8))
+                data = b"\xff\xd8 broken" if i in bad else tvio.encode_jpeg(img).numpy().tobytes()
+                w.write_idx(i, recordio.pack((0, float(i), i, 0), data))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recs")
+    rng = np.random.default_rng(0)
+    write_split([str(d / "set_train-00000"), str(d / "set_train-00001")], list(range(N_TRAIN)), rng)
+    write_split([str(d / "set_val")], list(range(N_VAL)), rng)
+    (d / "classes.tsv").write_text("".join(f"{i}\tc{i}\n" for i in range(N_TRAIN)))
+    return str(d)
+
+
+def epoch_labels(loader, epoch=0, start=0):
+    loader.set_epoch(epoch, start)
+    out = []
+    for x, y in loader:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        out.append(y.tolist())
+    return out
+
+
+def make(data_dir, backend, **kw):
+    args = dict(split="train", train=True, batch_size=8, image_size=32, workers=1, backend=backend)
+    args.update(kw)
+    return build_loader(data_dir, **args)
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_ranks_cover_disjointly_with_equal_epoch_lengths(data_dir, backend):
+    for world in (2, 3):
+        seen, lengths = [], set()
+        for rank in range(world):
+            loader = make(data_dir, backend, rank=rank, world_size=world)
+            for epoch in (0, 1):
+                batches = epoch_labels(loader, epoch)
+                lengths.add(len(batches))
+                assert len(batches) == len(loader) and all(len(b) == 8 for b in batches)
+                if epoch == 0:
+                    seen += [v for b in batches for v in b]
+        assert len(lengths) == 1, lengths
+        assert len(seen) == len(set(seen))  # no record on two ranks
+
+
+def test_both_backends_yield_the_same_label_multiset(data_dir):
+    torch_val = epoch_labels(make(data_dir, "torch", split="val", train=False))
+    dali_val = epoch_labels(make(data_dir, "dali", split="val", train=False))
+    assert sorted(sum(torch_val, [])) == sorted(sum(dali_val, [])) == list(range(N_VAL))
+    t = make(data_dir, "torch", batch_size=6)  # 60 records: nothing dropped in train mode
+    d = make(data_dir, "dali", batch_size=6, world_size=2, rank=0)
+    d1 = make(data_dir, "dali", batch_size=6, world_size=2, rank=1)
+    both = sum(epoch_labels(d), []) + sum(epoch_labels(d1), [])
+    assert sorted(sum(epoch_labels(t), [])) == sorted(both) == list(range(N_TRAIN))
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_evaluation_counts_every_image_once_for_any_world(data_dir, backend):
+    for world in (1, 2, 3):
+        labels, samples = [], 0
+        for rank in range(world):
+            loader = make(data_dir, backend, split="val", train=False, rank=rank, world_size=world)
+            labels += sum(epoch_labels(loader), [])
+            samples += loader.num_samples
+        assert sorted(labels) == list(range(N_VAL)) and samples == N_VAL
+
+
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_resume_at_batch_k_equals_the_tail(data_dir, backend):
+    def batches(loader, start):
+        loader.set_epoch(3, start)
+        return [(x.clone(), y.clone()) for x, y in loader]
+    full = batches(make(data_dir, backend, world_size=2, rank=1), 0)
+    tail = batches(make(data_dir, backend, world_size=2, rank=1, workers=2), 2)
+    assert len(tail) == len(full) - 2
+    for (xa, ya), (xb, yb) in zip(full[2:], tail):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)  # same images and augmentation draws
+
+
+def test_torch_backend_order_differs_per_epoch_and_is_seeded(data_dir):
+    loader = make(data_dir, "torch")
+    assert epoch_labels(loader, 0) != epoch_labels(loader, 1)
+    assert epoch_labels(make(data_dir, "torch", seed=5), 0) != epoch_labels(loader, 0)
+    assert epoch_labels(make(data_dir, "torch"), 0) == epoch_labels(loader, 0)
+
+
+def test_ten_crop_channels_last_and_half(data_dir):
+    loader = make(data_dir, "torch", split="val", train=False, ten_crop=True, batch_size=5)
+    loader.set_epoch(0)
+    x, y = next(iter(loader))
+    assert x.shape == (5, 10, 3, 32, 32) and y.shape == (5,)
+    # the flipped centre crop (9) mirrors the centre crop (4), up to a pixel of centring
+    assert torch.allclose(x[:, 9].mean((2, 3)), x[:, 4].mean((2, 3)), atol=0.1)
+    assert not torch.equal(x[:, 0], x[:, 3])
+    loader = make(data_dir, "torch", channels_last=True, dtype=torch.bfloat16)
+    loader.set_epoch(0)
+    x, _ = next(iter(loader))
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_corrupt_record_is_logged_once_and_replaced(tmp_path, caplog):
+    write_split([str(tmp_path / "train")], list(range(16)), np.random.default_rng(1), bad={5})
+    loader = build_loader(str(tmp_path), batch_size=16, image_size=32, workers=0, backend="torch")
+    with caplog.at_level(logging.WARNING):
+        for epoch in (0, 1):
+            labels = sum(epoch_labels(loader, epoch), [])
+            assert 5 not in labels and labels.count(6) == 2 and len(labels) == 16
+    warnings = [r.getMessage() for r in caplog.records if "corrupt record" in r.getMessage()]
+    assert len(warnings) == 1 and "train.rec key 5 offset" in warnings[0]
+
+
+def test_bad_input_is_one_clear_error(data_dir, tmp_path):
+    with pytest.raises(UserError, match="no .rec files for split 'test'.*set_train, set_val"):
+        build_loader(data_dir, split="test")
+    with pytest.raises(UserError, match="larger than"):
+        build_loader(data_dir, batch_size=40, world_size=2, backend="torch")
+    with pytest.raises(UserError, match="larger than"):
+        build_loader(data_dir, batch_size=40, world_size=2, backend="dali")
+    (tmp_path / "train.rec").write_bytes(b"")
+    with pytest.raises(UserError, match="train.idx: index file missing"):
+        build_loader(str(tmp_path))
+    (tmp_path / "train.idx").write_text("")
+    with pytest.raises(UserError, match="has no records"):
+        build_loader(str(tmp_path))
+    with pytest.raises(UserError, match="dataset folder not found"):
+        build_loader(str(tmp_path / "nope"))
+    info = dataset_info(data_dir)
+    assert info.num_classes == N_TRAIN and info.mean[0] == pytest.approx(123.675)
+
+
+def test_rank_batches_is_a_pure_function():
+    a = RankBatches(100, 7, 1, 3, True, seed=3)
+    b = RankBatches(100, 7, 1, 3, True, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2, 2)
+    assert list(a)[2:] == list(b) and len(a) == 100 // 21

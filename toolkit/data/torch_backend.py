@@ -1,0 +1,133 @@
+"""The `torch` backend: a Dataset over record shards and a DataLoader, uint8 all the way to the batch.
+
+Workers read records through the .idx (each opens its own file handles), decode with
+torchvision.io (libjpeg-turbo), crop/flip/resize in uint8 with torchvision.transforms.v2, and pass
+uint8 tensors between processes; conversion to float and normalisation happen once per batch on the
+training device. Augmentation draws come from a generator seeded by (seed, epoch, position), so
+they do not depend on the worker count and a resumed epoch is bit-exact.
+"""
+import logging
+
+import numpy as np
+import torch
+import torchvision.io as tvio
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import DataLoader, Dataset
+
+from toolkit import recordio
+from toolkit.data.discovery import RecordSet
+from toolkit.data.sampler import RankBatches, sample_seed
+
+log = logging.getLogger(__name__)
+# AlexNet's PCA lighting (Krizhevsky et al. 2012 §4.1): ImageNet RGB eigenvalues / eigenvectors
+_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045]) * 255
+_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+                        [-0.5836, -0.6948, 0.4203]])
+
+
+def eval_resize_for(image_size: int, eval_resize) -> int:
+    """256 -> 224 by default, proportional for other sizes."""
+    return eval_resize or int(round(image_size * 256 / 224))
+
+
+def build_transform(train: bool, image_size: int, eval_resize=None, ten_crop=False, color_jitter=0.0,
+                    min_scale=0.08):
+    if train:
+        ops = [T.RandomResizedCrop(image_size, scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+               T.RandomHorizontalFlip()]
+        if color_jitter:
+            ops.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
+        return T.Compose(ops)
+    crop = T.TenCrop(image_size) if ten_crop else T.CenterCrop(image_size)
+    return T.Compose([T.Resize(eval_resize_for(image_size, eval_resize), antialias=True), crop])
+
+
+def decode(payload: bytes) -> torch.Tensor:
+    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    return tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)
+
+
+def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    alpha = torch.randn(3, generator=g) * std
+    shift = _EIGVEC @ (alpha * _EIGVAL)
+    return (img.float() + shift[:, None, None]).clamp_(0, 255).to(torch.uint8)
+
+
+class RecordDataset(Dataset):
+    """Items are (record, epoch, position) from RankBatches; returns (uint8 CHW, label)."""
+
+    def __init__(self, records: RecordSet, transform, seed: int = 0, pca_std: float = 0.0):
+        self.records, self.transform, self.seed, self.pca_std = records, transform, seed, pca_std
+        self._reported = set()
+
+    def _load(self, i: int):
+        header, payload = recordio.unpack(self.records.read(i))
+        label = header.label if header.flag == 0 else header.label[0]
+        return decode(payload), int(label)
+
+    def __getitem__(self, item):
+        i, epoch, position = item
+        for attempt in range(len(self.records)):
+            j = (i + attempt) % len(self.records)
+            try:
+                img, label = self._load(j)
+                break
+            except Exception as exc:  # a corrupt record must not kill a multi-day run
+                if j not in self._reported:
+                    self._reported.add(j)
+                    log.warning("corrupt record skipped (%s): %s; using the next record instead",
+                                self.records.where(j), exc)
+        seed = sample_seed(self.seed, epoch, position)
+        with torch.random.fork_rng(devices=[]):  # v2 transforms draw from torch's global RNG
+            torch.manual_seed(seed)
+            img = self.transform(img)
+            if self.pca_std:
+                img = pca_lighting(img, self.pca_std, torch.Generator().manual_seed(seed))
+        if isinstance(img, (tuple, list)):  # ten-crop
+            img = torch.stack(list(img))
+        return img, label
+
+    def __len__(self):
+        return len(self.records)
+
+
+class TorchLoader:
+    """The loader contract over a DataLoader: set_epoch(epoch, start_batch), len, iteration."""
+    backend = "torch"
+
+    def __init__(self, records: RecordSet, batches: RankBatches, transform, device, workers: int,
+                 mean, std, channels_last=False, dtype=torch.float32, pca_std=0.0, seed=0):
+        self.batches, self.device, self.dtype, self.channels_last = batches, device, dtype, channels_last
+        dataset = RecordDataset(records, transform, seed, pca_std)
+        self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                 prefetch_factor=4 if workers else None)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0):
+        self.batches.set_epoch(epoch, start_batch)
+
+    def __len__(self):
+        return len(self.batches)
+
+    @property
+    def num_samples(self):
+        return self.batches.num_samples
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield normalize(images, self.mean, self.inv_std, self.device, self.dtype,
+                            self.channels_last), labels.to(self.device, non_blocking=True)
+
+
+def normalize(images, mean, inv_std, device, dtype, channels_last):
+    """uint8 batch -> normalised float on the device (one pass, after the batch is formed)."""
+    x = images.to(device, non_blocking=True)
+    shape = x.shape
+    x = x.reshape(-1, *shape[-3:])
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = ((x.float() - mean) * inv_std).to(dtype)
+    return x.reshape(shape) if len(shape) == 5 else x
