@@ -36,3 +36,61 @@ def model_options(fn):
 def model_kwargs(params: dict) -> dict:
     """The model flags the user gave, as build_model() keywords (flags left unset are omitted)."""
     return {k: params[k] for k in MODEL_KEYS if params.get(k) is not None}
+
+
+def _csv_floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated epochs, e.g. 30,60") from None
+
+
+# training flags shared by train.py and resume.py; None means "the recipe's (or checkpoint's) value"
+_TRAIN_FLAGS = [
+    click.option("--data", default=None, help="Dataset folder (tools/im2rec.py output). Default: the toy set."),
+    click.option("--epochs", type=click.IntRange(min=1), default=None, help="Train until this many epochs."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per process."),
+    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate."),
+    click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "rmsprop", "adagrad"]), default=None),
+    click.option("--momentum", type=float, default=None),
+    click.option("--nesterov/--no-nesterov", default=None),
+    click.option("--weight-decay", type=click.FloatRange(min=0), default=None),
+    click.option("--wd-on-bn-bias/--no-wd-on-bn-bias", default=None,
+                 help="Weight decay on BatchNorm and bias parameters too (default: no)."),
+    click.option("--lr-schedule", type=click.Choice(["step", "multistep", "poly", "linear", "cosine", "constant"]),
+                 default=None),
+    click.option("--lr-step-epochs", callback=_csv_floats, default=None,
+                 help="multistep: epochs where the LR drops (30,60); step: the period (30)."),
+    click.option("--lr-factor", type=float, default=None, help="LR multiplier at each step."),
+    click.option("--poly-power", type=float, default=None),
+    click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None),
+    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None),
+    click.option("--grad-accum", type=click.IntRange(min=1), default=None, help="Batches per optimizer step."),
+    click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default=None),
+    click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers/threads per process."),
+    click.option("--min-crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None,
+                 help="Smallest area of RandomResizedCrop (0.08 for ImageNet)."),
+    click.option("--eval-resize", type=click.IntRange(min=1), default=None,
+                 help="Shorter side before the eval centre crop (default 256/224 of the image size)."),
+    click.option("--color-jitter", type=click.FloatRange(min=0), default=None),
+    click.option("--pca-lighting", type=click.FloatRange(min=0), default=None, help="AlexNet PCA lighting std (0.1)."),
+    click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default=None, help="Mixed precision."),
+    click.option("--channels-last/--no-channels-last", default=None),
+    click.option("--compile/--no-compile", default=None, help="torch.compile the model."),
+    click.option("--sync-bn/--no-sync-bn", default=None, help="SyncBatchNorm across GPUs."),
+    click.option("--seed", type=int, default=None),
+    click.option("--prefix", default=None, help="Run name: logs/PREFIX.log, checkpoints/PREFIX-NNNN.pt."),
+    click.option("--logs-dir", default=None),
+    click.option("--checkpoints-dir", default=None),
+    click.option("--log-every", type=click.IntRange(min=1), default=None, help="Batches between log lines."),
+    click.option("--keep-last", type=click.IntRange(min=0), default=None, help="Epoch checkpoints to keep (0: all)."),
+]
+
+
+def train_options(fn):
+    """Decorate a click command with the training flags."""
+    for opt in reversed(_TRAIN_FLAGS):
+        fn = opt(fn)
+    return fn

@@ -7,6 +7,7 @@ training device. Augmentation draws come from a generator seeded by (seed, epoch
 they do not depend on the worker count and a resumed epoch is bit-exact.
 """
 import logging
+import signal
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ class TorchLoader:
         dataset = RecordDataset(records, transform, seed, pca_std)
         self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                                 prefetch_factor=4 if workers else None)
+                                 prefetch_factor=4 if workers else None, worker_init_fn=_worker_init)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, 3, 1, 1)
 
@@ -120,6 +121,12 @@ class TorchLoader:
         for images, labels in self.loader:
             yield normalize(images, self.mean, self.inv_std, self.device, self.dtype,
                             self.channels_last), labels.to(self.device, non_blocking=True)
+
+
+def _worker_init(_worker_id):
+    # workers share the terminal's process group: Ctrl-C is the training process's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
 
 
 def normalize(images, mean, inv_std, device, dtype, channels_last):

@@ -1,0 +1,1 @@
+"""The training engine: configuration, LR schedule, DDP, checkpoints, stop signals, fit/evaluate."""

@@ -1,0 +1,88 @@
+"""Checkpoints: `CKPT/PREFIX-%04d.pt` after each epoch (numbered by completed epochs, MXNet's
+convention), `CKPT/PREFIX-%04d-b%06d.pt` when a run is stopped in the middle of an epoch (completed
+epochs, then batches done of the next one). Written by rank 0 to a temp name and renamed; a dict
+loadable with `torch.load(path, weights_only=True)`.
+"""
+import glob
+import os
+import re
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from toolkit.atomic import atomic_path
+from toolkit.errors import UserError
+
+VERSION = 1
+_NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})(?:-b(?P<batch>\d{6}))?\.pt$")
+
+
+def checkpoint_path(directory: str, prefix: str, epoch: int, batch: int = 0) -> str:
+    name = f"{prefix}-{epoch:04d}" + (f"-b{batch:06d}" if batch else "") + ".pt"
+    return os.path.join(directory, name)
+
+
+def bare_state_dict(model: torch.nn.Module) -> dict:
+    """The model's own state dict: without DDP's `module.` and torch.compile's `_orig_mod.`."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model.state_dict()
+
+
+def save(path: str, state: dict):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"version": VERSION, **state}, tmp)
+
+
+def load(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: checkpoint not found") from None
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def list_checkpoints(directory: str, prefix: Optional[str] = None) -> Dict[str, Dict[Tuple[int, int], str]]:
+    """{prefix: {(epoch, batch): path}} of the checkpoints in `directory`."""
+    out: Dict[str, Dict[Tuple[int, int], str]] = {}
+    for path in glob.glob(os.path.join(directory, "*.pt")):
+        m = _NAME.match(os.path.basename(path))
+        if m and (prefix is None or m["prefix"] == prefix):
+            out.setdefault(m["prefix"], {})[(int(m["epoch"]), int(m["batch"] or 0))] = path
+    return out
+
+
+def find(directory: str, prefix: Optional[str], epoch: Optional[int]) -> str:
+    """The checkpoint to resume from: PREFIX-%04d.pt for `epoch`, else the newest (a stop included)."""
+    runs = list_checkpoints(directory, prefix)
+    if not runs:
+        where = f"for prefix {prefix!r} " if prefix else ""
+        raise UserError(f"no checkpoints {where}in {directory}/ (train first with tools/train.py, "
+                        "or point --checkpoints-dir at them)")
+    if prefix is None:
+        if len(runs) > 1:
+            raise UserError(f"{directory}/ holds several runs ({', '.join(sorted(runs))}); choose one with --prefix")
+        prefix = next(iter(runs))
+    found = runs[prefix]
+    if epoch is None:
+        return found[max(found)]
+    if (epoch, 0) not in found:
+        epochs = sorted({e for e, b in found if b == 0})
+        stops = sorted(f"{e}+{b} batches" for e, b in found if b)
+        raise UserError(f"no checkpoint {checkpoint_path(directory, prefix, epoch)}; epochs saved: "
+                        f"{', '.join(map(str, epochs)) or 'none'}"
+                        + (f"; interrupted: {', '.join(stops)} (resume without --epoch)" if stops else ""))
+    return found[(epoch, 0)]
+
+
+def prune(directory: str, prefix: str, keep_last: int, current: Tuple[int, int]):
+    """Keep the newest `keep_last` epoch checkpoints; drop stop checkpoints older than `current`."""
+    found = list_checkpoints(directory, prefix).get(prefix, {})
+    epochs = sorted(k for k in found if k[1] == 0)
+    doomed = [k for k in found if k[1] and k < current]
+    if keep_last > 0:
+        doomed += epochs[:-keep_last]
+    for k in doomed:
+        os.remove(found[k])

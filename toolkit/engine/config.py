@@ -1,0 +1,138 @@
+"""The run configuration: one frozen dataclass, the recipe's defaults first, then the user's options.
+
+An unknown key or a bad value is a one-line UserError. The resolved configuration goes into the log
+header and into every checkpoint, and it is all a resumed run needs besides the checkpoint's state.
+"""
+import dataclasses
+import json
+from typing import Optional, Tuple
+
+from toolkit.cli import MODEL_KEYS
+from toolkit.errors import UserError
+from toolkit.registry import get_recipe
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("step", "multistep", "poly", "linear", "cosine", "constant")
+AMP = ("off", "bf16", "fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    recipe: str
+    data: str = "data/toy"
+    train_split: str = "train"
+    val_split: str = "val"
+    # optimisation (None: the recipe's default)
+    epochs: int = 90
+    batch_size: int = 32                 # per process
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    wd_on_bn_bias: bool = False          # weight decay on BatchNorm and bias parameters
+    lr_schedule: str = "multistep"
+    lr_step_epochs: Tuple[float, ...] = (30, 60)
+    lr_factor: float = 0.1
+    poly_power: float = 2.0
+    warmup_epochs: float = 0.0
+    lr_from_epoch: float = 0.0           # where the current schedule starts (a resume with --lr)
+    label_smoothing: float = 0.0
+    grad_accum: int = 1
+    # model (None: the recipe's default; num_classes: the dataset's classes file)
+    image_size: Optional[int] = None
+    num_classes: Optional[int] = None
+    act: Optional[str] = None
+    bn: Optional[str] = None
+    init: Optional[str] = None
+    bias_init: Optional[float] = None
+    dropout: Optional[float] = None
+    width: Optional[float] = None
+    # input
+    loader: str = "auto"
+    workers: int = 2
+    min_crop_scale: float = 0.08
+    eval_resize: Optional[int] = None
+    color_jitter: float = 0.0
+    pca_lighting: float = 0.0
+    # speed
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    # bookkeeping
+    seed: int = 0
+    prefix: str = ""
+    logs_dir: str = "logs"
+    checkpoints_dir: str = "checkpoints"
+    log_every: int = 20
+    keep_last: int = 0                   # 0: keep every epoch checkpoint
+
+    def model_kwargs(self) -> dict:
+        return {k: getattr(self, k) for k in MODEL_KEYS if getattr(self, k) is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _recipe_defaults(recipe: str) -> dict:
+    d = get_recipe(recipe).defaults
+    return dict(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, optimizer=d.optimizer,
+                momentum=d.momentum, nesterov=d.nesterov, weight_decay=d.weight_decay,
+                lr_schedule=d.lr_schedule, lr_step_epochs=tuple(d.lr_step_epochs),
+                lr_factor=d.lr_factor, warmup_epochs=d.warmup_epochs,
+                label_smoothing=d.label_smoothing, image_size=d.image_size)
+
+
+def _check_keys(overrides: dict):
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise UserError(f"unknown configuration key(s) {', '.join(unknown)}")
+
+
+def make_config(recipe: str, **overrides) -> TrainConfig:
+    """Recipe defaults, then every override that is not None; unknown keys are errors."""
+    _check_keys(overrides)
+    values = _recipe_defaults(recipe)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["prefix"] = values.get("prefix") or recipe
+    cfg = TrainConfig(recipe=recipe, **values)
+    validate(cfg)
+    return cfg
+
+
+def override(cfg: TrainConfig, **overrides) -> TrainConfig:
+    """A copy with the given (non-None) options changed, validated."""
+    _check_keys(overrides)
+    new = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    validate(new)
+    return new
+
+
+def from_dict(d: dict) -> TrainConfig:
+    d = dict(d)
+    d["lr_step_epochs"] = tuple(d.get("lr_step_epochs", ()))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def validate(cfg: TrainConfig):
+    checks = [
+        (cfg.optimizer in OPTIMIZERS, f"--optimizer {cfg.optimizer}: valid: {', '.join(OPTIMIZERS)}"),
+        (cfg.lr_schedule in SCHEDULES, f"--lr-schedule {cfg.lr_schedule}: valid: {', '.join(SCHEDULES)}"),
+        (cfg.amp in AMP, f"--amp {cfg.amp}: valid: {', '.join(AMP)}"),
+        (cfg.lr > 0, f"--lr {cfg.lr}: must be positive"),
+        (cfg.epochs >= 1, f"--epochs {cfg.epochs}: must be at least 1"),
+        (cfg.batch_size >= 1, f"--batch-size {cfg.batch_size}: must be at least 1"),
+        (cfg.grad_accum >= 1, f"--grad-accum {cfg.grad_accum}: must be at least 1"),
+        (cfg.log_every >= 1, f"--log-every {cfg.log_every}: must be at least 1"),
+        (0 < cfg.min_crop_scale <= 1, f"--min-crop-scale {cfg.min_crop_scale}: must be in (0, 1]"),
+        (0 <= cfg.label_smoothing < 1, f"--label-smoothing {cfg.label_smoothing}: must be in [0, 1)"),
+        (cfg.lr_schedule != "multistep" or cfg.lr_step_epochs,
+         "--lr-schedule multistep needs --lr-step-epochs (e.g. 30,60)"),
+        (cfg.lr_schedule != "step" or (cfg.lr_step_epochs and cfg.lr_step_epochs[0] > 0),
+         "--lr-schedule step needs --lr-step-epochs with the period in epochs (e.g. 30)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)

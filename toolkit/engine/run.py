@@ -1,0 +1,69 @@
+"""Entry points behind tools/train.py, tools/resume.py and tools/evaluate.py.
+
+Each sets up the process group (torchrun or one process), logging and the stop handler, runs, and
+returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoint was written),
+2 a user error (one line, no traceback).
+"""
+import os
+
+from toolkit.engine import checkpoint, dist
+from toolkit.engine.config import TrainConfig, from_dict, override
+from toolkit.engine.logs import setup_logging
+from toolkit.engine.signals import StopRequest
+from toolkit.engine.trainer import Trainer, resolve_num_classes
+from toolkit.errors import UserError
+
+TOY = "data/toy"
+
+
+def ensure_data(cfg: TrainConfig, env):
+    """The default dataset is the toy set, generated and packed on first use (once per node)."""
+    if cfg.data == TOY and not os.path.exists(os.path.join(TOY, "toy_val.mean_std.json")):
+        if env.local_rank == 0:
+            from toolkit.toy import ensure_toy_dataset
+            ensure_toy_dataset(TOY)
+        dist.barrier()
+
+
+def resume_command(cfg: TrainConfig, env) -> str:
+    launcher = f"torchrun --nproc_per_node={env.world} " if env.world > 1 else ""
+    extra = f" --checkpoints-dir {cfg.checkpoints_dir}" if cfg.checkpoints_dir != "checkpoints" else ""
+    return f"{launcher}tools/resume.py --prefix {cfg.prefix}{extra}"
+
+
+def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
+    env = dist.setup()
+    stop = StopRequest().install()
+    log = setup_logging(os.path.join(cfg.logs_dir, cfg.prefix + ".log"), env.main)
+    try:
+        ensure_data(cfg, env)
+        cfg = resolve_num_classes(cfg)
+        result = Trainer(cfg, env, log, state, resumed_from, stop).fit()
+        if result.get("stopped"):
+            log.info(f"to resume: {resume_command(cfg, env)}")
+            return 130
+        log.info(f"Training finished: {cfg.epochs} epochs; checkpoints in {cfg.checkpoints_dir}/, "
+                 f"log in {os.path.join(cfg.logs_dir, cfg.prefix + '.log')}")
+        return 0
+    except UserError as exc:
+        if env.main:
+            log.error(f"Error: {exc.message}")
+        return 2
+    finally:
+        stop.uninstall()
+        dist.teardown()
+
+
+def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
+    """Continue a run from PREFIX-%04d.pt (or the newest checkpoint) with optional overrides."""
+    path = checkpoint.find(checkpoints_dir, prefix, epoch)
+    state = checkpoint.load(path)
+    cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir, **overrides)
+    if lr is not None:  # a new LR takes effect from here: constant unless a schedule is given too
+        cfg = override(cfg, lr=lr, lr_from_epoch=state["position"],
+                       lr_schedule=overrides.get("lr_schedule") or "constant",
+                       warmup_epochs=overrides.get("warmup_epochs") or 0.0)
+    if state["epoch"] >= cfg.epochs:
+        raise UserError(f"{path} is already at epoch {state['epoch']} of {cfg.epochs}; "
+                        f"pass --epochs N (N > {state['epoch']}) to train further")
+    return run(cfg, state, resumed_from=path)

@@ -1,0 +1,38 @@
+"""Ctrl-C and SIGTERM: the first one asks for a clean stop, a second Ctrl-C exits at once.
+
+The handler only sets a flag; ranks agree on it at the next step boundary (an all-reduce in the
+trainer), so every rank stops at the same step and one checkpoint is written. Under torchrun a
+terminal Ctrl-C reaches every rank and torchrun, which then sends SIGTERM to the ranks: a SIGTERM
+after a SIGINT is the same request, not a second one.
+"""
+import os
+import signal
+
+
+class StopRequest:
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def install(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT and self.signum == signal.SIGINT:
+            os.write(2, b"\nsecond Ctrl-C: exiting now (no checkpoint)\n")
+            os._exit(130)
+        if not self.signum:
+            self.signum = signum
+            name = signal.Signals(signum).name
+            os.write(2, f"\n{name}: stopping at the end of this step and saving a checkpoint "
+                        "(Ctrl-C again to exit at once)\n".encode())
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signum)

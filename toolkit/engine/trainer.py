@@ -1,0 +1,276 @@
+"""fit / train_one_epoch / evaluate: one code path for CPU and GPU, one or many processes.
+
+Exactness across a stop: the LR is a function of the position (toolkit/engine/lr.py), the data order
+and augmentation are functions of (seed, epoch, position) (toolkit/data), the dropout RNG is reseeded
+from (seed, epoch, batch, rank) at every step, and the checkpoint holds model, optimizer, scaler,
+position and the partial epoch's metric sums. So a stopped and resumed run ends bit-identical to an
+uninterrupted one (same world size).
+"""
+import contextlib
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from toolkit import mxlog
+from toolkit.data import build_loader, dataset_info, split_files
+from toolkit.data.sampler import sample_seed
+from toolkit.engine import checkpoint, dist
+from toolkit.engine.config import TrainConfig, override
+from toolkit.engine.logs import Meter, header_lines
+from toolkit.engine.lr import CONTINUOUS, get_lr
+from toolkit.engine.optim import build_optimizer
+from toolkit.errors import UserError
+from toolkit.registry import build_model
+
+DROPOUT_STREAM = 3
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def resolve_num_classes(cfg: TrainConfig) -> TrainConfig:
+    if cfg.num_classes:
+        return cfg
+    info = dataset_info(cfg.data)
+    return override(cfg, num_classes=info.num_classes or 1000)
+
+
+def make_loaders(cfg: TrainConfig, env, backend=None):
+    common = dict(image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank,
+                  world_size=env.world, seed=cfg.seed, backend=backend or cfg.loader, device=env.device,
+                  workers=cfg.workers, channels_last=cfg.channels_last)
+    train = build_loader(cfg.data, cfg.train_split, train=True, batch_size=cfg.batch_size,
+                         min_scale=cfg.min_crop_scale, color_jitter=cfg.color_jitter,
+                         pca_lighting=cfg.pca_lighting, **common)
+    try:
+        split_files(cfg.data, cfg.val_split)
+    except UserError:
+        return train, None
+    return train, build_loader(cfg.data, cfg.val_split, train=False, batch_size=cfg.batch_size, **common)
+
+
+def prepare_model(cfg: TrainConfig, env) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    model = build_model(cfg.recipe, **cfg.model_kwargs()).to(env.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and env.world > 1:
+        if env.device.type != "cuda":
+            raise UserError("--sync-bn needs GPUs (NCCL); leave it out on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def forward_loss(model, x, y, criterion):
+    out = model(x)
+    if isinstance(out, tuple):  # auxiliary heads (GoogLeNet): discounted as the model says
+        aux_weight = getattr(model, "aux_weight", getattr(getattr(model, "module", None), "aux_weight", 0.3))
+        return out[0], criterion(out[0], y) + aux_weight * sum(criterion(o, y) for o in out[1:])
+    return out, criterion(out, y)
+
+
+def evaluate(model, loader, env, num_classes: int, amp: str = "off") -> dict:
+    """Top-1/top-5/cross-entropy over a split, exact across ranks (each image counted once)."""
+    model.eval()
+    meter = Meter(env.device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=env.device)
+    loader.set_epoch(0)
+    with torch.no_grad(), autocast(env, amp):
+        for x, y in loader:
+            if x.dim() == 5:  # ten-crop: average the softmax over the crops
+                b, c = x.shape[:2]
+                logits = model(x.flatten(0, 1)).float().softmax(1).view(b, c, -1).mean(1).log()
+            else:
+                logits = model(x).float()
+            meter.update(logits, y, F.cross_entropy(logits, y, reduction="sum"))
+            confusion += torch.bincount(y * num_classes + logits.argmax(1),
+                                        minlength=num_classes ** 2).view(num_classes, num_classes)
+    sums = dist.all_reduce_sum(meter.sums.clone())
+    dist.all_reduce_sum(confusion)
+    return {**meter.metrics(sums), "images": int(sums[3].item()), "confusion": confusion.cpu()}
+
+
+def autocast(env, amp: str):
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(env.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+class Trainer:
+    """Holds the state of a run; `fit()` trains from its position to cfg.epochs."""
+
+    def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None):
+        self.cfg, self.env, self.log, self.stop = cfg, env, log, stop
+        self.train_loader, self.val_loader = make_loaders(cfg, env)
+        self.model = prepare_model(cfg, env)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
+        self.epoch, self.batch, self.step, self.carry = 0, 0, 0, None
+        if state is not None:
+            self._restore(state)
+        self.net = DDP(self.model, device_ids=[env.device] if env.device.type == "cuda" else None) \
+            if env.world > 1 else self.model
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.lr = None
+        self._log_start(resumed_from)
+
+    def _restore(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.batch = self._remap_batch(state)
+        if self.batch and state.get("world_size") == self.env.world:
+            self.carry = torch.tensor(state["train_sums"], dtype=torch.float64) if self.env.main else None
+
+    def _remap_batch(self, state) -> int:
+        """The position in the epoch, in this run's batches (another world size: same samples seen)."""
+        old_global = state["batch_size"] * state["world_size"]
+        new_global = self.cfg.batch_size * self.env.world
+        return round(state["batch"] * old_global / new_global)
+
+    def _log_start(self, resumed_from):
+        params = sum(p.numel() for p in self.model.parameters())
+        for line in header_lines(self.cfg, self.env, self.train_loader.backend, params):
+            self.log.info(line)
+        if resumed_from:
+            lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
+            self.log.info(mxlog.resume_line(resumed_from, self.epoch, self.batch, lr))
+
+    def fit(self) -> dict:
+        result = {}
+        for epoch in range(self.epoch, self.cfg.epochs):
+            result = self.train_one_epoch(epoch, self.batch)
+            self.batch = 0
+            if result.get("stopped"):
+                return result
+            self.end_epoch(epoch, result)
+        return result
+
+    def _set_lr(self, epoch: int, b: int, nb: int):
+        lr = get_lr(self.cfg, epoch + b / nb)
+        if lr != self.lr:
+            discrete = self.cfg.lr_schedule not in CONTINUOUS and not (
+                self.cfg.warmup_epochs and epoch + b / nb < self.cfg.lr_from_epoch + self.cfg.warmup_epochs)
+            if self.lr is None or discrete or b == 0:
+                self.log.info(mxlog.lr_change_line(self.step, lr))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.lr = lr
+
+    def _sync_flags(self, loss: torch.Tensor) -> tuple:
+        """One small all-reduce per step: did any rank get a stop signal or a non-finite loss?"""
+        flags = torch.stack([torch.tensor(float(bool(self.stop and self.stop.requested)), device=loss.device),
+                             (~torch.isfinite(loss.detach())).float()])
+        stop, bad = dist.all_reduce_max(flags).tolist()
+        return bool(stop), bool(bad)
+
+    def train_step(self, x, y, epoch, b, nb) -> tuple:
+        cfg = self.cfg
+        self._set_lr(epoch, b, nb)
+        torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT_STREAM))
+        last_micro = (b + 1) % cfg.grad_accum == 0 or b + 1 == nb
+        sync = contextlib.nullcontext() if last_micro or self.env.world == 1 else self.net.no_sync()
+        with sync:
+            with autocast(self.env, cfg.amp):
+                logits, loss = forward_loss(self.net, x, y, self.criterion)
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+        if last_micro:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+        return logits.float(), loss, last_micro
+
+    def train_one_epoch(self, epoch: int, start: int = 0) -> dict:
+        self.train_loader.set_epoch(epoch, start)
+        self.net.train()
+        nb, t0 = len(self.train_loader), time.perf_counter()
+        meter, window = Meter(self.env.device), Meter(self.env.device)
+        if start and self.carry is not None:
+            meter.sums += self.carry.to(self.env.device)
+        speed = Speedometer(self, epoch, start)
+        t_fetch = time.perf_counter()
+        for b, (x, y) in enumerate(self.train_loader, start):
+            t_data = time.perf_counter() - t_fetch
+            logits, loss, boundary = self.train_step(x, y, epoch, b, nb)
+            with torch.no_grad():
+                ce = F.cross_entropy(logits, y, reduction="sum")
+            meter.update(logits, y, ce)
+            window.update(logits, y, ce)
+            stop, bad = self._sync_flags(loss)
+            if bad:
+                raise NonFiniteLoss(f"the loss became {loss.item()} at Epoch[{epoch}] Batch [{b}] "
+                                    f"(step {self.step}); checkpoints on disk are intact: resume from "
+                                    "an earlier epoch with a lower --lr")
+            speed.tick(b, t_data, window)
+            if stop and boundary:
+                return self.save_stop(epoch, b + 1, meter)
+            t_fetch = time.perf_counter()
+        sums = dist.all_reduce_sum(meter.sums.clone())
+        return {**meter.metrics(sums), "time": time.perf_counter() - t0}
+
+    def state(self, epoch: int, batch: int, train_sums=None) -> dict:
+        dist.broadcast_buffers(self.model)
+        return {"model": checkpoint.bare_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "batch": batch, "step": self.step,
+                "position": epoch + batch / len(self.train_loader),
+                "config": dict(vars(self.cfg)), "world_size": self.env.world,
+                "batch_size": self.cfg.batch_size, "train_sums": train_sums or [0.0] * 4,
+                "rng": {"scheme": "reseeded from (seed, epoch, batch, rank) at every step",
+                        "seed": self.cfg.seed}}
+
+    def save_stop(self, epoch: int, batch: int, meter: Meter) -> dict:
+        sums = dist.all_reduce_sum(meter.sums.clone()).tolist()
+        state = self.state(epoch, batch, sums)
+        path = checkpoint.checkpoint_path(self.cfg.checkpoints_dir, self.cfg.prefix, epoch, batch)
+        if self.env.main:
+            checkpoint.save(path, state)
+            self.log.info(f"Stopped at Epoch[{epoch}] Batch [{batch}]: " + mxlog.checkpoint_line(path))
+        dist.barrier()
+        return {"stopped": True, "path": path, "epoch": epoch, "batch": batch}
+
+    def end_epoch(self, epoch: int, result: dict):
+        for line in mxlog.train_lines(epoch, {k: result[k] for k in ("accuracy", "top_k_accuracy_5", "cross-entropy")}):
+            self.log.info(line)
+        self.log.info(mxlog.time_cost_line(epoch, result["time"]))
+        state = self.state(epoch + 1, 0)
+        path = checkpoint.checkpoint_path(self.cfg.checkpoints_dir, self.cfg.prefix, epoch + 1)
+        if self.env.main:
+            checkpoint.save(path, state)
+            checkpoint.prune(self.cfg.checkpoints_dir, self.cfg.prefix, self.cfg.keep_last, (epoch + 1, 0))
+            self.log.info(mxlog.checkpoint_line(path))
+        if self.val_loader is not None:
+            val = evaluate(self.model, self.val_loader, self.env, self.cfg.num_classes, self.cfg.amp)
+            for line in mxlog.validation_lines(epoch, {k: val[k] for k in ("accuracy", "top_k_accuracy_5", "cross-entropy")}):
+                self.log.info(line)
+            result["val"] = val
+        dist.barrier()
+
+
+class Speedometer:
+    """MXNet's Speedometer: every log_every batches, global samples/s and the window's metrics."""
+
+    def __init__(self, trainer: Trainer, epoch: int, start: int):
+        self.t, self.epoch, self.first = trainer, epoch, start
+        self.last_time, self.data_time = time.perf_counter(), 0.0
+
+    def tick(self, b: int, data_time: float, window: Meter):
+        self.data_time += data_time
+        n = b + 1 - self.first
+        if (b + 1) % self.t.cfg.log_every and b + 1 != len(self.t.train_loader):
+            return
+        now = time.perf_counter()
+        elapsed = now - self.last_time
+        samples = n * self.t.cfg.batch_size * self.t.env.world
+        metrics = {**window.metrics(), "data-time": self.data_time / n,
+                   "compute-time": max(elapsed - self.data_time, 0.0) / n}
+        self.t.log.info(mxlog.batch_line(self.epoch, self.first, b + 1, samples / max(elapsed, 1e-9), metrics))
+        window.sums.zero_()
+        self.first, self.last_time, self.data_time = b + 1, now, 0.0

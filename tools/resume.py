@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""Continue a stopped run from its checkpoint, optionally with a new learning rate.
+
+    tools/resume.py --epoch 30 --lr 1e-3          # from checkpoints/PREFIX-0030.pt, next is Epoch[30]
+    tools/resume.py                               # from the newest checkpoint (a Ctrl-C one included)
+    torchrun --nproc_per_node=8 tools/resume.py --prefix resnet50 --epochs 120
+
+The prefix may be left out when the checkpoints folder holds one run. Other training flags override
+the checkpoint's configuration; a new --lr is constant from here unless --lr-schedule is also given.
+"""
+import sys
+
+import click
+
+from toolkit.cli import train_options
+from toolkit.engine.run import resume
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.option("--epoch", type=click.IntRange(min=0), default=None,
+              help="Resume from PREFIX-NNNN.pt (completed epochs); default: the newest checkpoint.")
+@train_options
+def main(epoch, prefix, checkpoints_dir, lr, **overrides):
+    sys.exit(resume(checkpoints_dir or "checkpoints", prefix, epoch, lr, **overrides))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Train a recipe, under torchrun (any number of processes and nodes) or as one plain process.
+
+    torchrun --nproc_per_node=8 tools/train.py --recipe resnet50 --data data/imagenet
+    python tools/train.py --recipe resnet18 --image-size 64 --width 0.25    # the toy dataset
+
+Ctrl-C (or SIGTERM) stops every rank at the same step and writes a checkpoint; tools/resume.py
+continues from it. Logs: LOGS/PREFIX.log in MXNet's format; checkpoints: CKPT/PREFIX-NNNN.pt.
+"""
+import sys
+
+import click
+
+from toolkit.cli import model_kwargs, model_options, train_options
+from toolkit.engine.config import make_config
+from toolkit.engine.run import run
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.option("--recipe", required=True, help="Network and its training defaults (tools/summary.py --recipe).")
+@model_options
+@train_options
+def main(recipe, **params):
+    model = model_kwargs(params)
+    train = {k: v for k, v in params.items() if k not in model}
+    sys.exit(run(make_config(recipe, **model, **train)))
+
+
+if __name__ == "__main__":
+    main()
