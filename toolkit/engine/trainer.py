@@ -7,12 +7,15 @@ position and the partial epoch's metric sums. So a stopped and resumed run ends 
 uninterrupted one (same world size).
 """
 import contextlib
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from toolkit import mxlog
 from toolkit.data import build_loader, dataset_info, split_files
@@ -189,6 +192,14 @@ class Trainer:
         return logits.float(), loss, last_micro
 
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict:
+        """On a terminal (rank 0), a progress bar; log lines print above it, the log file has none."""
+        show = self.env.main and sys.stderr.isatty()
+        with tqdm(total=len(self.train_loader), initial=start, desc=f"Epoch[{epoch}]", unit="batch",
+                  leave=False, disable=not show) as bar, \
+                (logging_redirect_tqdm([self.log]) if show else contextlib.nullcontext()):
+            return self._train_one_epoch(epoch, start, bar)
+
+    def _train_one_epoch(self, epoch: int, start: int, bar) -> dict:
         self.train_loader.set_epoch(epoch, start)
         self.net.train()
         nb, t0 = len(self.train_loader), time.perf_counter()
@@ -210,6 +221,7 @@ class Trainer:
                                     f"(step {self.step}); checkpoints on disk are intact: resume from "
                                     "an earlier epoch with a lower --lr")
             speed.tick(b, t_data, window)
+            bar.update(1)
             if stop and boundary:
                 return self.save_stop(epoch, b + 1, meter)
             t_fetch = time.perf_counter()

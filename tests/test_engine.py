@@ -1,0 +1,157 @@
+"""Engine pieces that need no training run: LR schedule, configuration, checkpoints, signals."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.helpers import run_tool
+from toolkit.engine import checkpoint
+from toolkit.engine.config import from_dict, make_config, override
+from toolkit.engine.evaluation import per_class_table
+from toolkit.engine.lr import get_lr
+from toolkit.errors import UserError
+
+
+def cfg(**kw):
+    return make_config("resnet18", **kw)
+
+
+def test_multistep_and_step_drop_at_absolute_epochs():
+    c = cfg(lr=0.1, lr_schedule="multistep", lr_step_epochs=(30, 60), epochs=90)
+    assert [get_lr(c, t) for t in (0, 29.99, 30, 59.5, 60, 89)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    s = cfg(lr=1.0, lr_schedule="step", lr_step_epochs=(2,), lr_factor=0.5, epochs=10)
+    assert [get_lr(s, t) for t in (0, 1.9, 2, 4.5, 6)] == pytest.approx([1, 1, 0.5, 0.25, 0.125])
+
+
+def test_warmup_then_cosine_poly_linear():
+    c = cfg(lr=0.4, lr_schedule="cosine", warmup_epochs=2, epochs=12)
+    assert get_lr(c, 1.0) == pytest.approx(0.2)
+    assert get_lr(c, 2.0) == pytest.approx(0.4)
+    assert get_lr(c, 7.0) == pytest.approx(0.2)       # half way through the cosine
+    assert get_lr(c, 12.0) == pytest.approx(0.0, abs=1e-12)
+    p = cfg(lr=1.0, lr_schedule="poly", poly_power=2, epochs=10)
+    assert get_lr(p, 5) == pytest.approx(0.25)
+    lin = cfg(lr=1.0, lr_schedule="linear", epochs=10)
+    assert get_lr(lin, 7.5) == pytest.approx(0.25)
+
+
+def test_a_new_lr_at_resume_is_constant_from_there_unless_a_schedule_is_given():
+    c = override(cfg(lr=0.1, lr_schedule="multistep", lr_step_epochs=(30, 60), epochs=90),
+                 lr=1e-3, lr_from_epoch=30.5, lr_schedule="constant")
+    assert {get_lr(c, t) for t in (30.5, 45, 61, 89)} == {1e-3}
+    c2 = override(c, lr_schedule="multistep", lr_step_epochs=(60,))
+    assert get_lr(c2, 59) == pytest.approx(1e-3) and get_lr(c2, 60) == pytest.approx(1e-4)
+
+
+def test_config_takes_recipe_defaults_and_rejects_unknown_or_bad_values():
+    c = make_config("alexnet")
+    assert c.prefix == "alexnet" and c.lr > 0 and c.epochs >= 1
+    assert make_config("alexnet", lr=0.5, epochs=None).lr == 0.5
+    with pytest.raises(UserError, match="unknown configuration key"):
+        make_config("alexnet", lrr=0.1)
+    with pytest.raises(UserError, match="--optimizer"):
+        make_config("alexnet", optimizer="lbfgs")
+    with pytest.raises(UserError, match="unknown recipe|not a recipe|recipe"):
+        make_config("resnet9000")
+    round_trip = from_dict(checkpoint_dict := dict(vars(c)))
+    assert round_trip == c and checkpoint_dict["lr_step_epochs"] == c.lr_step_epochs
+
+
+def test_checkpoint_round_trip_is_weights_only_loadable(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = checkpoint.checkpoint_path(str(tmp_path), "r", 3)
+    assert path.endswith("r-0003.pt")
+    checkpoint.save(path, {"model": model.state_dict(), "epoch": 3, "config": {"lr": 0.1}})
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 3 and state["version"] == checkpoint.VERSION
+    assert torch.equal(state["model"]["weight"], model.weight.detach())
+    assert [p for p in os.listdir(tmp_path)] == ["r-0003.pt"]
+
+
+def test_find_prefers_newest_and_lists_what_exists(tmp_path):
+    d = str(tmp_path)
+    for e, b in [(1, 0), (2, 0), (2, 17)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "run", e, b), {"epoch": e})
+    assert checkpoint.find(d, None, None).endswith("run-0002-b000017.pt")
+    assert checkpoint.find(d, "run", 1).endswith("run-0001.pt")
+    with pytest.raises(UserError, match=r"epochs saved: 1, 2; interrupted: 2\+17 batches"):
+        checkpoint.find(d, "run", 7)
+    checkpoint.save(checkpoint.checkpoint_path(d, "other", 1), {"epoch": 1})
+    with pytest.raises(UserError, match="several runs"):
+        checkpoint.find(d, None, None)
+    with pytest.raises(UserError, match="no checkpoints"):
+        checkpoint.find(str(tmp_path / "empty"), None, None)
+
+
+def test_prune_keeps_the_newest_epochs_and_drops_older_stops(tmp_path):
+    d = str(tmp_path)
+    for e, b in [(1, 0), (1, 5), (2, 0), (3, 0)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "run", e, b), {"epoch": e})
+    checkpoint.prune(d, "run", 2, (3, 0))
+    assert sorted(os.listdir(d)) == ["run-0002.pt", "run-0003.pt"]
+
+
+def test_unreadable_checkpoint_is_a_user_error(tmp_path):
+    bad = tmp_path / "x-0001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        checkpoint.load(str(bad))
+
+
+WRITER = r"""
+import sys, torch
+from toolkit.engine import checkpoint
+path = sys.argv[1]
+i = 0
+while True:
+    i += 1
+    checkpoint.save(path, {"model": {"w": torch.full((40_000_000,), float(i))}, "epoch": i})
+"""
+
+
+def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
+    path = str(tmp_path / "run-0001.pt")
+    checkpoint.save(path, {"model": {"w": torch.zeros(3)}, "epoch": 0})
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, path])
+    deadline = time.time() + 60
+    while not glob.glob(str(tmp_path / ".run-0001.pt.tmp-*")) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(path, weights_only=True)  # the previous (or a complete newer) version
+    w = state["model"]["w"]
+    assert torch.equal(w, torch.full_like(w, float(state["epoch"]))) or state["epoch"] == 0
+    assert [n for n in os.listdir(tmp_path) if not n.startswith(".")] == ["run-0001.pt"]
+    assert checkpoint.list_checkpoints(str(tmp_path)) == {"run": {(1, 0): path}}
+
+
+def test_per_class_table_from_a_confusion_matrix():
+    t = per_class_table([[3, 1, 0], [0, 2, 0], [1, 0, 0]], ["a", "b", "c"])
+    assert list(t["support"]) == [4, 2, 1] and list(t["predicted"]) == [4, 3, 0]
+    assert t["precision"].tolist() == pytest.approx([0.75, 2 / 3, 0.0])
+    assert t["recall"].tolist() == pytest.approx([0.75, 1.0, 0.0])
+    assert t["f1"].tolist() == pytest.approx([0.75, 0.8, 0.0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tools/train.py", "--recipe", "nonet"], "nonet"),
+    (["tools/train.py", "--recipe", "resnet18", "--data", "/nonexistent/ds"], "/nonexistent/ds"),
+    (["tools/train.py", "--recipe", "resnet18", "--lr", "-1"], "--lr"),
+    (["tools/train.py", "--recipe", "resnet18", "--bogus"], "--bogus"),
+    (["tools/resume.py", "--checkpoints-dir", "/nonexistent/ck"], "no checkpoints"),
+    (["tools/evaluate.py", "--checkpoints-dir", "/nonexistent/ck"], "no checkpoints"),
+])
+def test_user_mistakes_are_one_line_and_exit_2(args, message, tmp_path):
+    extra = ["--logs-dir", tmp_path / "logs", "--checkpoints-dir", tmp_path / "ck"] if "train" in args[0] else []
+    proc = run_tool(*args, *extra, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and message in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line]
+    assert len(errors) == 1, proc.stderr

@@ -1,0 +1,249 @@
+"""Training runs end to end on CPU (Gloo): exact Ctrl-C-and-resume with 1 and 2 processes, DDP vs
+one process, a two-"node" torchrun rendezvous, resume with a new LR, NaN, and MXNet's parse_log.py."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from toolkit.toy import ensure_toy_dataset
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--recipe", "resnet20", "--image-size", "32", "--batch-size", "8", "--workers", "1",
+        "--lr", "0.1", "--lr-schedule", "cosine", "--warmup-epochs", "0.5", "--log-every", "1",
+        "--seed", "3"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """10 classes x 24 images: 192 train, 48 val."""
+    return ensure_toy_dataset(str(tmp_path_factory.mktemp("toy")), images_per_class=24, quiet=True)
+
+
+def launcher(nproc):
+    if nproc == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def dirs(root, name):
+    return ["--logs-dir", str(root / "logs"), "--checkpoints-dir", str(root / "ck"), "--prefix", name]
+
+
+def run(cmd, timeout=300):
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def train(nproc, data, root, name, *extra):
+    return run(launcher(nproc) + ["tools/train.py", *TINY, "--data", data, *dirs(root, name), *extra])
+
+
+def resume(nproc, root, name, *extra):
+    return run(launcher(nproc) + ["tools/resume.py", "--checkpoints-dir", str(root / "ck"),
+                                  "--prefix", name, *extra])
+
+
+def start_and_interrupt(cmd, log, pattern, timeout=240):
+    """Start `cmd` in its own process group, send SIGINT to the group (a terminal's Ctrl-C) when
+    `pattern` appears in the log, and wait for it to finish."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(log) and re.search(pattern, open(log).read()):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def validation_lines(log):
+    return [line.split(" ", 2)[2] for line in open(log) if "Validation-" in line]
+
+
+def batch_metrics(log):
+    """Epoch/batch/metric fields of the Speedometer lines (speed and timings differ run to run)."""
+    out = {}
+    for line in open(log):
+        m = re.search(r"(Epoch\[\d+\] Batch \[\d+-(\d+)\]).*\t(accuracy=[^\t]*\ttop_k_accuracy_5=[^\t]*\t"
+                      r"cross-entropy=[^\t]*)", line)
+        if m:
+            out[m[1].split("-")[0] + m[2]] = m[3]
+    return out
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_interrupt_and_resume_is_bit_identical(nproc, data, tmp_path):
+    epochs = ["--epochs", "3"]
+    train(nproc, data, tmp_path / "a", "a", *epochs)
+    log_b = str(tmp_path / "b" / "logs" / "b.log")
+    cmd = launcher(nproc) + ["tools/train.py", *TINY, "--data", data, *dirs(tmp_path / "b", "b"), *epochs]
+    rc, out = start_and_interrupt(cmd, log_b, r"Epoch\[1\] Batch \[2-3\]")
+    assert rc != 0, out
+    stops = sorted((tmp_path / "b" / "ck").glob("b-0001-b*.pt"))
+    assert len(stops) == 1, (os.listdir(tmp_path / "b" / "ck"), out)
+    text = open(log_b).read()
+    assert "Stopped at Epoch[1] Batch [" in text and f"to resume: " in text
+    if nproc > 1:
+        assert "torchrun --nproc_per_node=2 tools/resume.py --prefix b" in text
+    state = torch.load(stops[0], weights_only=True)
+    assert 0 < state["batch"] < len_epoch(nproc) and state["epoch"] == 1
+    resume(nproc, tmp_path / "b", "b")
+    assert_same_weights(tmp_path / "a" / "ck" / "a-0003.pt", tmp_path / "b" / "ck" / "b-0003.pt")
+    log_a = str(tmp_path / "a" / "logs" / "a.log")
+    assert validation_lines(log_a) == validation_lines(log_b)
+    assert len(validation_lines(log_a)) == 9
+    assert re.search(r'Resumed training from ".*b-0001-b\d{6}\.pt" at Epoch\[1\] Batch \[\d+\]',
+                     open(log_b).read())
+    # the partial epoch's batch lines after the resume carry the same figures as the uninterrupted run
+    ma, mb = batch_metrics(log_a), batch_metrics(log_b)
+    assert {k: ma[k] for k in mb if k.startswith("Epoch[2]")} == {k: v for k, v in mb.items() if k.startswith("Epoch[2]")}
+    assert open(log_a).read().count("Epoch[1] Train-accuracy=") == 1
+    train_a = [l.split(" ", 2)[2] for l in open(log_a) if "Train-" in l]
+    train_b = [l.split(" ", 2)[2] for l in open(log_b) if "Train-" in l]
+    assert train_a == train_b
+
+    # from an epoch checkpoint: a fresh folder holding only b-0001.pt
+    c = tmp_path / "c"
+    (c / "ck").mkdir(parents=True)
+    shutil.copy(tmp_path / "b" / "ck" / "b-0001.pt", c / "ck" / "b-0001.pt")
+    resume(nproc, c, "b", "--epoch", "1", "--logs-dir", str(c / "logs"))
+    assert_same_weights(tmp_path / "a" / "ck" / "a-0003.pt", c / "ck" / "b-0003.pt")
+    assert validation_lines(str(c / "logs" / "b.log")) == validation_lines(log_a)[3:]
+
+
+def len_epoch(nproc):
+    return 192 // (8 * nproc)
+
+
+def test_resume_with_a_new_lr_continues_at_that_epoch_and_says_so(data, tmp_path):
+    train(1, data, tmp_path, "r", "--epochs", "1")
+    resume(1, tmp_path, "r", "--epoch", "1", "--lr", "0.001", "--epochs", "2")
+    log = open(tmp_path / "logs" / "r.log").read()
+    after = log.split("Resumed training from")[1]
+    assert after.startswith(f' "{tmp_path / "ck" / "r-0001.pt"}" at Epoch[1] Batch [0] with lr=1.00000e-03')
+    assert "Update[24]: Change learning rate to 1.00000e-03" in after
+    assert "Epoch[1] Batch [0-1]" in after and "Epoch[0]" not in after
+    assert "Epoch[1] Validation-accuracy=" in after
+    assert len(re.findall("Change learning rate", after)) == 1  # constant from there on
+    state = torch.load(tmp_path / "ck" / "r-0002.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["lr"] == 0.001
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(data, tmp_path):
+    # no BatchNorm (its statistics are per process) and no dropout (its masks are per process)
+    common = ["--recipe", "squeezenet1_1", "--image-size", "64", "--dropout", "0", "--epochs", "1",
+              "--lr", "0.01", "--lr-schedule", "constant", "--warmup-epochs", "0", "--weight-decay", "0"]
+    train(1, data, tmp_path / "one", "m", *common, "--batch-size", "16")
+    train(2, data, tmp_path / "two", "m", *common, "--batch-size", "8")
+    w1, w2 = weights(tmp_path / "one" / "ck" / "m-0001.pt"), weights(tmp_path / "two" / "ck" / "m-0001.pt")
+    from toolkit.registry import build_model
+    torch.manual_seed(3)
+    w0 = build_model("squeezenet1_1", image_size=64, num_classes=10, dropout=0.0).state_dict()
+    # 12 steps moved every tensor, and the same way in both runs. Summing a batch's gradients in
+    # two halves changes float rounding (about 1e-6 relative), which SGD amplifies to about 1e-3 of
+    # the movement after a few steps (measured the same without DDP); wrong data, gradient scaling or
+    # a missed all-reduce moves weights by the order of the movement itself.
+    for k in w1:
+        moved, apart = (w1[k] - w0[k]).norm().item(), (w1[k] - w2[k]).norm().item()
+        assert moved > 1e-5 and apart < 1e-2 * moved, (k, moved, apart)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_rendezvous_on_localhost_trains_and_checkpoints(data, tmp_path):
+    port = free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                               "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                               "--rdzv-id=two-nodes", "tools/train.py", *TINY, "--data", data,
+                               *dirs(tmp_path, "n"), "--epochs", "1"],
+                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    log = open(tmp_path / "logs" / "n.log").read()
+    assert "world size 2" in log and "Epoch[0] Validation-accuracy=" in log
+    assert "Epoch[0] Batch [11-12]" in log  # 192 images / (8 x 2) = 12 batches
+    assert torch.load(tmp_path / "ck" / "n-0001.pt", weights_only=True)["world_size"] == 2
+
+
+def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(data, tmp_path):
+    train(1, data, tmp_path, "nan", "--epochs", "1")
+    before = (tmp_path / "ck" / "nan-0001.pt").read_bytes()
+    cmd = [sys.executable, "tools/resume.py", "--checkpoints-dir", str(tmp_path / "ck"), "--lr", "1e30",
+           "--epochs", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert re.search(r"the loss became (nan|inf|-inf) at Epoch\[1\] Batch \[\d+\]", proc.stderr), proc.stderr
+    assert (tmp_path / "ck" / "nan-0001.pt").read_bytes() == before
+    assert sorted(os.listdir(tmp_path / "ck")) == ["nan-0001.pt"]
+
+
+@pytest.mark.oracle
+def test_mxnet_parse_log_reads_every_epoch_of_our_log(data, tmp_path, mxnet_python):
+    train(1, data, tmp_path, "p", "--epochs", "3")
+    log = tmp_path / "logs" / "p.log"
+    parse_log = subprocess.run([mxnet_python, "-c", "import mxnet, os; print(os.path.dirname(mxnet.__file__))"],
+                               capture_output=True, text=True, check=True).stdout.strip() + "/tools/parse_log.py"
+    out = subprocess.run([mxnet_python, parse_log, str(log), "--format", "none", "--metric-names",
+                          "accuracy", "top_k_accuracy_5"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split("\t") for line in out.strip().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+    text = log.read_text()
+    for r in rows:
+        e = int(r[0]) - 1
+        assert f"Epoch[{e}] Train-accuracy={r[1]}" in text
+        assert f"Epoch[{e}] Train-top_k_accuracy_5={r[2]}" in text
+        assert f"Epoch[{e}] Validation-accuracy={r[3]}" in text
+        assert f"Epoch[{e}] Validation-top_k_accuracy_5={r[4]}" in text
+
+
+def test_evaluate_is_exact_across_world_sizes_and_writes_csvs(data, tmp_path):
+    train(1, data, tmp_path, "e", "--epochs", "1")
+    results = []
+    for nproc in (1, 2):
+        out = run(launcher(nproc) + ["tools/evaluate.py", "--checkpoints-dir", str(tmp_path / "ck"),
+                                     "--epoch", "1", "--json", "--out-dir", str(tmp_path / f"eval{nproc}")]).stdout
+        results.append(__import__("json").loads(out.strip().splitlines()[-1]))
+    assert results[0]["images"] == results[1]["images"] == 48
+    assert results[0]["rank1"] == results[1]["rank1"] and results[0]["rank5"] == results[1]["rank5"]
+    log = open(tmp_path / "logs" / "e.log").read()
+    assert f"Epoch[0] Validation-accuracy={results[0]['rank1']:f}" in log
+    import pandas as pd
+    per_class = pd.read_csv(results[0]["per_class_csv"])
+    confusion = pd.read_csv(results[0]["confusion_csv"], index_col=0)
+    assert len(per_class) == 10 and per_class["support"].sum() == 48
+    assert confusion.to_numpy().sum() == 48
+    assert (confusion.to_numpy().diagonal().sum() / 48) == pytest.approx(results[0]["rank1"])
+    ten = run([sys.executable, "tools/evaluate.py", "--checkpoints-dir", str(tmp_path / "ck"), "--ten-crop",
+               "--json", "--out-dir", str(tmp_path / "ten")]).stdout
+    ten = __import__("json").loads(ten.strip().splitlines()[-1])
+    assert ten["images"] == 48 and ten["ten_crop"] and 0 <= ten["rank1"] <= 1

@@ -1,0 +1,89 @@
+"""tools/evaluate.py: a checkpoint's rank-1/rank-5 accuracy over a split, exact across ranks, with
+per-class precision/recall/F1 and the confusion matrix written as CSV (pandas)."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+
+from toolkit.atomic import atomic_open
+from toolkit.data import build_loader, dataset_info
+from toolkit.engine import checkpoint, dist
+from toolkit.engine.config import from_dict
+from toolkit.engine.trainer import evaluate
+from toolkit.errors import UserError
+from toolkit.registry import build_model
+
+
+def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:
+    """Rows: true class; confusion[i, j] counts images of class i predicted as j."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    n = len(confusion)
+    return pd.DataFrame({"class": np.arange(n), "name": names if names and len(names) == n else [str(i) for i in range(n)],
+                         "support": support, "predicted": predicted, "precision": precision,
+                         "recall": recall, "f1": f1})
+
+
+def write_csv(df: pd.DataFrame, path: str, index: bool = False):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_open(path, "w", newline="") as f:
+        df.to_csv(f, index=index, float_format="%.6f")
+
+
+def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=None, split="val",
+                   ten_crop=False, batch_size=None, loader="auto", workers=2, out_dir=None,
+                   as_json=False) -> int:
+    env = dist.setup()
+    try:
+        path = checkpoint.find(checkpoints_dir, prefix, epoch)
+        state = checkpoint.load(path)
+        cfg = from_dict(state["config"])
+        data = data or cfg.data
+        info = dataset_info(data)
+        num_classes = cfg.num_classes
+        if info.num_classes and info.num_classes != num_classes:
+            raise UserError(f"{data}: {info.num_classes} classes, but {path} was trained for "
+                            f"{num_classes}; pass the --data the model was trained on")
+        model = build_model(cfg.recipe, **cfg.model_kwargs()).to(env.device)
+        model.load_state_dict(state["model"])
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        val_loader = build_loader(data, split, train=False, batch_size=batch_size or cfg.batch_size,
+                                  image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank,
+                                  world_size=env.world, seed=cfg.seed, backend=loader, device=env.device,
+                                  workers=workers, channels_last=cfg.channels_last, ten_crop=ten_crop)
+        result = evaluate(model, val_loader, env, num_classes, cfg.amp)
+        if not env.main:
+            return 0
+        stem = os.path.splitext(os.path.basename(path))[0] + f"-{split}" + ("-10crop" if ten_crop else "")
+        out_dir = out_dir or cfg.logs_dir
+        per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
+        confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
+        confusion = result["confusion"].numpy()
+        table = per_class_table(confusion, info.class_names)
+        write_csv(table, per_class_csv)
+        labels = list(table["name"])
+        write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
+                  confusion_csv, index=True)
+        crops = "10-crop" if ten_crop else "centre crop"
+        print(f"{path} on {data} split {split} ({crops}, {result['images']} images, world size {env.world}): "
+              f"rank-1 {result['accuracy']:.4f}, rank-5 {result['top_k_accuracy_5']:.4f}, "
+              f"cross-entropy {result['cross-entropy']:.4f}")
+        worst = table.sort_values("f1").head(5)
+        print("lowest F1: " + ", ".join(f"{r.name} {r.f1:.3f}" for r in worst.itertuples()))
+        print(f"per-class precision/recall/F1: {per_class_csv}\nconfusion matrix: {confusion_csv}")
+        if as_json:
+            print(json.dumps({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
+                              "cross_entropy": result["cross-entropy"], "images": result["images"],
+                              "checkpoint": path, "split": split, "ten_crop": ten_crop,
+                              "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}))
+        return 0
+    finally:
+        dist.teardown()

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Evaluate a checkpoint: rank-1/rank-5 accuracy (exact across ranks), per-class P/R/F1, confusion CSV.
+
+    tools/evaluate.py --epoch 30                          # checkpoints/PREFIX-0030.pt on its val split
+    torchrun --nproc_per_node=8 tools/evaluate.py --prefix resnet50 --epoch 90 --ten-crop --json
+"""
+import sys
+
+import click
+
+from toolkit.engine.evaluation import run_evaluation
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
+@click.option("--epoch", type=click.IntRange(min=0), default=None,
+              help="Evaluate PREFIX-NNNN.pt; default: the newest checkpoint.")
+@click.option("--checkpoints-dir", default="checkpoints", show_default=True)
+@click.option("--data", default=None, help="Dataset folder; default: the one the run trained on.")
+@click.option("--split", default="val", show_default=True, help="Split to evaluate (val, test, ...).")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over 10 crops (corners, centre, flips).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per process.")
+@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--out-dir", default=None, help="Where the CSVs go; default: the run's logs folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
+def main(**kwargs):
+    sys.exit(run_evaluation(**kwargs))
+
+
+if __name__ == "__main__":
+    main()
