@@ -45,12 +45,16 @@ class Meter:
     def __init__(self, device):
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor):
+    @staticmethod
+    def batch_sums(logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
+        """[loss sum, top-1 hits, top-5 hits, samples] of one batch, on its device."""
         k = min(5, logits.shape[1])
-        top = logits.detach().topk(k, 1).indices
-        hit = top.eq(labels[:, None])
-        self.sums += torch.stack([loss_sum.detach().double(), hit[:, 0].sum().double(),
-                                  hit.any(1).sum().double(), torch.tensor(float(len(labels)), device=labels.device, dtype=torch.float64)])
+        hit = logits.detach().topk(k, 1).indices.eq(labels[:, None])
+        return torch.stack([loss_sum.detach().double(), hit[:, 0].sum().double(), hit.any(1).sum().double(),
+                            torch.tensor(float(len(labels)), device=labels.device, dtype=torch.float64)])
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor):
+        self.sums += self.batch_sums(logits, labels, loss_sum)
 
     def metrics(self, sums=None) -> dict:
         loss, top1, top5, n = (sums if sums is not None else self.sums).tolist()

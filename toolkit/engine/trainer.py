@@ -106,10 +106,11 @@ def autocast(env, amp: str):
 class Trainer:
     """Holds the state of a run; `fit()` trains from its position to cfg.epochs."""
 
-    def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None):
+    def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None, loaders=None):
         self.cfg, self.env, self.log, self.stop = cfg, env, log, stop
-        self.train_loader, self.val_loader = make_loaders(cfg, env)
+        self.train_loader, self.val_loader = loaders or make_loaders(cfg, env)
         self.model = prepare_model(cfg, env)
+        self.stochastic = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
         self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
         self.epoch, self.batch, self.step, self.carry = 0, 0, 0, None
@@ -177,7 +178,8 @@ class Trainer:
     def train_step(self, x, y, epoch, b, nb) -> tuple:
         cfg = self.cfg
         self._set_lr(epoch, b, nb)
-        torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT_STREAM))
+        if self.stochastic:  # dropout masks: a function of (seed, epoch, batch, rank), exact on resume
+            torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT_STREAM))
         last_micro = (b + 1) % cfg.grad_accum == 0 or b + 1 == nb
         sync = contextlib.nullcontext() if last_micro or self.env.world == 1 else self.net.no_sync()
         with sync:
@@ -213,8 +215,9 @@ class Trainer:
             logits, loss, boundary = self.train_step(x, y, epoch, b, nb)
             with torch.no_grad():
                 ce = F.cross_entropy(logits, y, reduction="sum")
-            meter.update(logits, y, ce)
-            window.update(logits, y, ce)
+            sums = Meter.batch_sums(logits, y, ce)
+            meter.sums += sums
+            window.sums += sums
             stop, bad = self._sync_flags(loss)
             if bad:
                 raise NonFiniteLoss(f"the loss became {loss.item()} at Epoch[{epoch}] Batch [{b}] "
