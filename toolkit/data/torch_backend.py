@@ -7,18 +7,19 @@ training device. Augmentation draws come from a generator seeded by (seed, epoch
 they do not depend on the worker count and a resumed epoch is bit-exact.
 """
 import logging
+import math
 import signal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.io as tvio
 import torchvision.transforms.v2 as T
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit import recordio
 from toolkit.data.discovery import RecordSet
-from toolkit.data.sampler import RankBatches, sample_seed
+from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
 
 log = logging.getLogger(__name__)
 # AlexNet's PCA lighting (Krizhevsky et al. 2012 §4.1): ImageNet RGB eigenvalues / eigenvectors
@@ -34,14 +35,70 @@ def eval_resize_for(image_size: int, eval_resize) -> int:
 
 def build_transform(train: bool, image_size: int, eval_resize=None, ten_crop=False, color_jitter=0.0,
                     min_scale=0.08):
+    """A callable (uint8 CHW image, seed) -> uint8 image (or the ten crops)."""
     if train:
-        ops = [T.RandomResizedCrop(image_size, scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-               T.RandomHorizontalFlip()]
-        if color_jitter:
-            ops.append(T.ColorJitter(color_jitter, color_jitter, color_jitter))
-        return T.Compose(ops)
+        return TrainTransform(image_size, min_scale, color_jitter)
     crop = T.TenCrop(image_size) if ten_crop else T.CenterCrop(image_size)
-    return T.Compose([T.Resize(eval_resize_for(image_size, eval_resize), antialias=True), crop])
+    return EvalTransform(T.Compose([T.Resize(eval_resize_for(image_size, eval_resize), antialias=True), crop]))
+
+
+class EvalTransform:
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img, seed):
+        return self.transform(img)
+
+
+class TrainTransform:
+    """RandomResizedCrop (torchvision's algorithm and ranges) and a horizontal flip, in uint8.
+
+    Hand-written rather than torchvision.transforms.v2.RandomResizedCrop because v2 draws from
+    torch's global RNG: making that per-sample deterministic costs a fork_rng and a reseed per image,
+    about a third of the crop's time (tools/benchmark.py loader). Here the draws come from a
+    generator seeded by (seed, epoch, position); the resize is torch's uint8 antialiased bilinear.
+    """
+
+    def __init__(self, size: int, min_scale: float = 0.08, color_jitter: float = 0.0,
+                 ratio=(3 / 4, 4 / 3)):
+        self.size, self.scale = size, (min_scale, 1.0)
+        self.ratio, self.log_ratio = ratio, (math.log(ratio[0]), math.log(ratio[1]))
+        self.jitter = T.ColorJitter(color_jitter, color_jitter, color_jitter) if color_jitter else None
+
+    def crop_box(self, height: int, width: int, g: torch.Generator):
+        """torchvision RandomResizedCrop.get_params, drawing from `g`: (top, left, h, w)."""
+        area = height * width
+        for a, r, u, v in torch.rand(10, 4, generator=g).tolist():
+            target = area * (self.scale[0] + a * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(self.log_ratio[0] + r * (self.log_ratio[1] - self.log_ratio[0]))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(u * (height - h + 1)), int(v * (width - w + 1)), h, w
+        in_ratio = width / height  # fallback: the central crop closest to the ratio range
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            w, h = int(round(height * max(self.ratio))), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, img: torch.Tensor, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        top, left, h, w = self.crop_box(img.shape[-2], img.shape[-1], g)
+        crop = img[:, top:top + h, left:left + w]
+        # channels-last memory: torch's fast uint8 antialiased path
+        crop = crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
+        out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True,
+                            align_corners=False)[0]
+        if torch.rand(1, generator=g).item() < 0.5:
+            out = out.flip(-1)
+        out = out.contiguous()
+        if self.jitter is not None:  # v2 ColorJitter draws from the global RNG
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out = self.jitter(out)
+        return out
 
 
 def decode(payload: bytes) -> torch.Tensor:
@@ -79,12 +136,10 @@ class RecordDataset(Dataset):
                     self._reported.add(j)
                     log.warning("corrupt record skipped (%s): %s; using the next record instead",
                                 self.records.where(j), exc)
-        seed = sample_seed(self.seed, epoch, position)
-        with torch.random.fork_rng(devices=[]):  # v2 transforms draw from torch's global RNG
-            torch.manual_seed(seed)
-            img = self.transform(img)
-            if self.pca_std:
-                img = pca_lighting(img, self.pca_std, torch.Generator().manual_seed(seed))
+        img = self.transform(img, sample_seed(self.seed, epoch, position))
+        if self.pca_std:
+            img = pca_lighting(img, self.pca_std,
+                               torch.Generator().manual_seed(sample_seed(self.seed, epoch, position, LIGHTING)))
         if isinstance(img, (tuple, list)):  # ten-crop
             img = torch.stack(list(img))
         return img, label
@@ -136,5 +191,6 @@ def normalize(images, mean, inv_std, device, dtype, channels_last):
     x = x.reshape(-1, *shape[-3:])
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x = ((x.float() - mean) * inv_std).to(dtype)
+    x = x.to(torch.float32).mul_(inv_std).sub_(mean * inv_std)  # one conversion, two in-place passes
+    x = x if dtype == torch.float32 else x.to(dtype)
     return x.reshape(shape) if len(shape) == 5 else x
