@@ -155,3 +155,25 @@ def test_user_mistakes_are_one_line_and_exit_2(args, message, tmp_path):
     assert "Traceback" not in proc.stderr and message in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "Error" in line]
     assert len(errors) == 1, proc.stderr
+
+
+SIGNALS = r"""
+import os, signal, time
+from toolkit.engine import signals
+stop = signals.StopRequest().install()
+for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):  # Ctrl-C, then torchrun forwarding it
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)
+print("alive", stop.requested, flush=True)
+time.sleep(signals.GRACE + 0.3)
+os.kill(os.getpid(), signal.SIGINT)  # a person's second Ctrl-C
+time.sleep(2)
+print("still alive", flush=True)
+"""
+
+
+def test_forwarded_signals_are_one_request_and_a_later_ctrl_c_exits_at_once():
+    proc = subprocess.run([sys.executable, "-c", SIGNALS], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["alive True"], proc.stdout + proc.stderr
+    assert proc.returncode == 130 and "second Ctrl-C: exiting now" in proc.stderr
+    assert proc.stderr.count("stopping at the end of this step") == 1
