@@ -177,3 +177,11 @@ def test_forwarded_signals_are_one_request_and_a_later_ctrl_c_exits_at_once():
     assert proc.stdout.splitlines() == ["alive True"], proc.stdout + proc.stderr
     assert proc.returncode == 130 and "second Ctrl-C: exiting now" in proc.stderr
     assert proc.stderr.count("stopping at the end of this step") == 1
+
+
+def test_recipe_eval_resize_and_lighting_follow_the_image_size_and_the_paper():
+    assert make_config("resnet50").eval_resize == 256
+    assert make_config("resnet18", image_size=64).eval_resize == 73   # 256/224 of 64
+    assert make_config("resnet18", image_size=64, eval_resize=64).eval_resize == 64
+    assert make_config("resnet20").eval_resize == 32                  # CIFAR: no resize-and-crop
+    assert make_config("alexnet").pca_lighting == 0.1 and make_config("resnet50").pca_lighting == 0.0

@@ -81,7 +81,8 @@ def _recipe_defaults(recipe: str) -> dict:
                 momentum=d.momentum, nesterov=d.nesterov, weight_decay=d.weight_decay,
                 lr_schedule=d.lr_schedule, lr_step_epochs=tuple(d.lr_step_epochs),
                 lr_factor=d.lr_factor, warmup_epochs=d.warmup_epochs,
-                label_smoothing=d.label_smoothing, image_size=d.image_size)
+                label_smoothing=d.label_smoothing, image_size=d.image_size, eval_resize=d.eval_resize,
+                pca_lighting=0.1 if "pca_lighting" in d.train_aug else 0.0)
 
 
 def _check_keys(overrides: dict):
@@ -94,7 +95,10 @@ def make_config(recipe: str, **overrides) -> TrainConfig:
     """Recipe defaults, then every override that is not None; unknown keys are errors."""
     _check_keys(overrides)
     values = _recipe_defaults(recipe)
+    base_size, base_resize = values["image_size"], values["eval_resize"]
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("eval_resize") is None:  # another image size keeps the recipe's resize/crop ratio
+        values["eval_resize"] = int(round(base_resize * values["image_size"] / base_size))
     values["prefix"] = values.get("prefix") or recipe
     cfg = TrainConfig(recipe=recipe, **values)
     validate(cfg)
