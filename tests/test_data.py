@@ -160,3 +160,26 @@ def test_rank_batches_is_a_pure_function():
     a.set_epoch(2)
     b.set_epoch(2, 2)
     assert list(a)[2:] == list(b) and len(a) == 100 // 21
+
+
+def test_loader_memory_stays_flat_as_records_grow(tmp_path):
+    """100k records cost arrays of a few bytes each, not Python objects (ImageNet: 1.28M per process)."""
+    import tracemalloc
+    jpg = tvio.encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8)).numpy().tobytes()
+    usage = {}
+    for n in (1000, 100_000):
+        d = tmp_path / str(n)
+        d.mkdir()
+        with recordio.IndexedRecordWriter(str(d / "m_train.idx"), str(d / "m_train.rec")) as w:
+            for i in range(n):
+                w.write_idx(i, recordio.pack((0, float(i % 10), i, 0), jpg))
+        tracemalloc.start()
+        loader = build_loader(str(d), "train", train=True, batch_size=16, image_size=8, workers=0, backend="torch")
+        loader.set_epoch(0)
+        for _, _batch in zip(range(3), loader):
+            pass
+        usage[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del loader
+    per_record = (usage[100_000] - usage[1000]) / 99_000
+    assert per_record < 64, f"{per_record:.0f} bytes per record"

@@ -17,7 +17,7 @@ def _expected_raw(mxnet191):
 def test_reads_raw_records_by_index_and_sequentially(mxnet191):
     expected = _expected_raw(mxnet191)
     reader = recordio.IndexedRecordReader(str(mxnet191 / "raw.idx"), str(mxnet191 / "raw.rec"))
-    assert reader.keys == list(range(len(expected)))
+    assert list(reader.keys) == list(range(len(expected)))
     assert [reader.read_idx(k) for k in reader.keys] == expected
     assert [p for _, p in recordio.RecordReader(str(mxnet191 / "raw.rec"))] == expected
 

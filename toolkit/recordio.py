@@ -6,6 +6,7 @@ so one reader object can be pickled into DataLoader workers or shared between th
 """
 import os
 import struct
+import warnings
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -264,16 +265,33 @@ def read_index(idx_path: str) -> List[Tuple[int, int]]:
     return entries
 
 
+def read_index_arrays(idx_path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of an .idx as int64 arrays: numpy's C parser, no Python object per record,
+    so memory stays at 16 bytes a record (ImageNet's 1.28M: 20 MB) in every process."""
+    if not os.path.isfile(idx_path):
+        read_index(idx_path)  # raises the one-line error
+    try:
+        with warnings.catch_warnings():  # an empty index is valid (an empty .rec)
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(idx_path, dtype=np.int64, ndmin=2, delimiter=None)
+    except ValueError:
+        read_index(idx_path)  # names the bad line
+        raise
+    if table.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if table.shape[1] != 2:
+        read_index(idx_path)
+    return np.ascontiguousarray(table[:, 0]), np.ascontiguousarray(table[:, 1])
+
+
 class IndexedRecordReader(RecordReader):
     """A .rec with its .idx (MXIndexedRecordIO 'r'): keys in file order, records by key or position."""
 
     def __init__(self, idx_path: str, rec_path: str):
         super().__init__(rec_path)
         self.idx_path = idx_path
-        entries = read_index(idx_path)
-        self.keys = [k for k, _ in entries]
-        self.offsets = np.array([o for _, o in entries], dtype=np.int64)
-        self._pos = {k: i for i, k in enumerate(self.keys)}
+        self.keys, self.offsets = read_index_arrays(idx_path)
+        self._position_of = None
         if len(self.offsets) and int(self.offsets.max()) >= self.size:
             bad = int(np.argmax(self.offsets >= self.size))
             raise RecordIOError(f"{idx_path}:{bad + 1}: offset {int(self.offsets[bad])} points past "
@@ -289,4 +307,6 @@ class IndexedRecordReader(RecordReader):
 
     def read_idx(self, key: int) -> bytes:
         """The record with this key (MXNet's read_idx)."""
-        return self.read(self._pos[key])
+        if self._position_of is None:  # built on first use only: readers by position never need it
+            self._position_of = {int(k): i for i, k in enumerate(self.keys)}
+        return self.read(self._position_of[key])
