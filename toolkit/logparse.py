@@ -1,0 +1,442 @@
+"""Read MXNet-format training logs (ours and MXNet's own, of every era) into per-epoch and
+per-batch tables, with the points where the run was resumed and where the learning rate changed.
+
+No library parses MXNet logs (MXNet ships only tools/parse_log.py: three regexes and a markdown
+table), so this is hand-written against the line shapes of shared/docs/formats.md §5:
+Speedometer lines `Batch [50]` (one metric per line or all of them) and `Batch [0-50]`,
+`Train-`/`Validation-`/`Time cost` epoch lines (the FeedForward API has no `Train-` lines: the
+epoch's last batch line stands in), `Update[n]: Change learning rate to ...` and our resume marker.
+Lines are searched, never anchored, so any prefix (time stamps, `INFO:root:`, rank tags) works;
+unknown lines are skipped. When the log goes back to an earlier position (a run resumed from an
+earlier checkpoint) or our marker says so, the later lines replace everything from that point on,
+and the point is recorded.
+
+Speed: Speedometer lines are nearly all of a log and nearly all of one shape (the same text once
+digits are deleted). Lines of that shape are read in one go by pandas' C reader as a tab-separated
+table; every other line goes through the per-line regexes below, which would give the same values.
+"""
+import csv
+import gc
+import io
+import math
+import re
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from toolkit.errors import UserError
+from toolkit.mxlog import RESUME_PREFIX
+
+_BATCH = re.compile(rb"(\d+)\][ \t]*Batch[ \t]*\[(?:(\d+)-)?(\d+)\][ \t]*Speed:[ \t]*([^\s]*)"
+                    rb"[ \t]*(?:samples/sec)?(.*)")          # after "Epoch[", all three eras
+_METRIC = re.compile(rb"([^\s=]+)=([^\s]*)")
+_END = re.compile(rb"(\d+)\][ \t]*(?:(Train|Validation)-([^\s=]+)=([^\s]*)|Time cost=([^\s]*))")
+_UPDATE = re.compile(rb"Update\[\d+\]: Change learning rate to ([^\s]+)")
+_MARKER = re.compile(RESUME_PREFIX.encode() + rb' "([^"\n]*)" at Epoch\[(\d+)\] Batch \[(\d+)\] with lr=([^\s]+)')
+_DIGITS = b"0123456789."
+_LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
+
+
+_SEPARATORS = b"[]-=: \t\r\x00"
+# bytes.translate arguments: separators become tabs, all but numbers and newlines go
+_TABLE = (bytes.maketrans(_SEPARATORS, b"\t" * len(_SEPARATORS)),
+          bytes(sorted(set(range(256)) - set(_DIGITS + b"\n" + _SEPARATORS))))
+FAST_MIN_ROWS = 256  # below this many lines of one shape the per-line path is as quick
+
+
+class Resume(NamedTuple):
+    epoch: int    # 0-based epoch where the resumed run starts
+    batch: int    # batch within that epoch
+    lr: float     # LR in effect there (NaN if the log never said)
+    source: str   # "FILE: how it was detected"
+
+
+@dataclass
+class ParsedLog:
+    epochs: pd.DataFrame               # index: 0-based epoch
+    batches: Optional[pd.DataFrame]    # epoch, first, last, speed, metrics (with batches=True)
+    resumes: List[Resume] = field(default_factory=list)
+    lr_changes: List[float] = field(default_factory=list)  # epochs, fractional within one
+    api: str = "module"                # "feedforward" when no Train- lines: training from batch lines
+    files: List[str] = field(default_factory=list)
+
+
+def _float(b: bytes) -> float:
+    try:
+        return float(b)
+    except ValueError:
+        return math.nan
+
+
+def _name(b: bytes) -> str:
+    name = b.decode("utf-8", "replace")
+    return name[6:] if name.startswith("Train-") else name  # MXNet <= 0.9 batch lines
+
+
+def _line_item(line: bytes):
+    """One line -> ("row", epoch, first or None, last, speed, {metric: value}), ("end", epoch,
+    column, value), ("lr", value), ("marker", epoch, batch, lr, checkpoint) or None."""
+    p = line.find(b"Epoch[")
+    if p >= 0:
+        tail = line[p + 6:]
+        m = _BATCH.match(tail)
+        if m:
+            e, f, last, s, rest = m.groups()
+            return ("row", int(e), None if f is None else int(f), int(last), _float(s),
+                    {_name(k): _float(v) for k, v in _METRIC.findall(rest)})
+        m = _END.match(tail)
+        if m:
+            e, kind, name, value, cost = m.groups()
+            if kind is None:
+                return ("end", int(e), "time-cost", _float(cost))
+            col = ("train-" if kind == b"Train" else "val-") + name.decode("utf-8", "replace")
+            return ("end", int(e), col, _float(value))
+        m = _MARKER.search(line)
+        if m:
+            ckpt, e, b, lr = m.groups()
+            return ("marker", int(e), int(b), _float(lr), ckpt.decode("utf-8", "replace"))
+    elif b"Update[" in line:
+        m = _UPDATE.search(line)
+        if m:
+            return ("lr", _float(m.group(1)))
+    return None
+
+
+def _layout(line: bytes):
+    """How to read lines of this Speedometer line's shape as a table (`_TABLE` applied): [(column,
+    field)] for the numbers, checked against the per-line regexes, and [(column, value)] for digits
+    in metric names, which the shape does not see: top_k_accuracy_3 must not pass for _5 (a name
+    gaining digits where this one has none would, at the price of reading every word)."""
+    item = _line_item(line)
+    if not item or item[0] != "row":
+        return None
+    _, epoch, first, last, speed, metrics = item
+    fields = ["epoch"] + ([] if first is None else ["first"]) + ["last", "speed"] + list(metrics)
+    expect = [epoch] + ([] if first is None else [first]) + [last, speed] + list(metrics.values())
+    table, delete = _TABLE
+    tokens = line.translate(table, delete).split(b"\t")
+    words = line.translate(table, delete.translate(None, _LETTERS)).split(b"\t")  # letters kept
+    skip = line[:line.find(b"Epoch[") + 6].translate(table, delete).count(b"\t")
+    numbers = [i for i in range(skip, len(tokens)) if tokens[i] and words[i] == tokens[i]]
+    if len(numbers) != len(fields) or any(float(tokens[c]) != x for c, x in zip(numbers, expect)):
+        return None
+    checks = [(i, float(tokens[i])) for i in range(skip, len(tokens)) if tokens[i] and words[i] != tokens[i]]
+    return list(zip(numbers, fields)), checks
+
+
+def _fast_table(data: bytes, lines_at):
+    """Lines of the commonest Speedometer shape read as one table -> (their line numbers, columns,
+    the other lines' numbers and bytes); None where the per-line path must do it all."""
+    shapes = data.translate(None, _DIGITS).split(b"\n")
+    if len(shapes) < FAST_MIN_ROWS:
+        return None
+    for shape, _ in Counter(shapes[::max(1, len(shapes) // 4000)]).most_common(4):
+        layout = _layout(lines_at(shapes.index(shape)))
+        if layout:
+            break
+    else:
+        return None
+    odd = [i for i, s in enumerate(shapes) if s != shape]
+    n = len(shapes) - len(odd)
+    del shapes
+    if n < FAST_MIN_ROWS:
+        return None
+    mask = np.ones(n + len(odd), bool)
+    mask[odd] = False
+    regular = np.flatnonzero(mask)
+    # words go (the shape check vouched for them): a third of the bytes and columns are left
+    numbers, words = layout
+    text = b"".join(lines_at(a, b) for a, b in _runs(regular)).translate(*_TABLE)
+    try:
+        df = pd.read_csv(io.BytesIO(text), sep="\t", header=None, dtype=np.float64, engine="c",
+                         usecols=sorted(c for c, _ in numbers + words), quoting=csv.QUOTE_NONE,
+                         skip_blank_lines=False)
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if len(df) != n:
+        return None
+    table = {f: df[c].to_numpy() for c, f in numbers}
+    wrong = np.zeros(n, bool)
+    for c, v in words:
+        wrong |= df[c].to_numpy() != v
+    if wrong.any():  # another name of the same shape: those lines go the per-line way
+        odd = sorted(odd + regular[wrong].tolist())
+        regular, table = regular[~wrong], {f: a[~wrong] for f, a in table.items()}
+    return regular, table, odd, [lines_at(i) for i in odd]
+
+
+def _runs(idx: np.ndarray):
+    """Consecutive stretches [a, b) of sorted line numbers."""
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts, ends = np.r_[0, breaks], np.r_[breaks, len(idx)]
+    return list(zip(idx[starts].tolist(), (idx[ends - 1] + 1).tolist()))
+
+
+class _Lines:
+    """Line i of a file's bytes (no newline), or the bytes of lines [a, b) with their newlines."""
+
+    def __init__(self, data: bytes):
+        nl = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+        self.data, self.view = data, memoryview(data)
+        self.starts, self.ends = np.r_[0, nl + 1], np.r_[nl, len(data)]
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __call__(self, a: int, b: Optional[int] = None):
+        if b is None:
+            return self.data[self.starts[a]:self.ends[a]]
+        return self.view[self.starts[a]:self.ends[b - 1] + 1]
+
+
+_FIXED = ("epoch", "first", "last", "speed")  # then one column per metric
+
+
+def _rows(regular: np.ndarray, table: Optional[dict], extra: list):
+    """Speedometer rows in line order, as {column: array} (first NaN where `Batch [n]` has none,
+    a metric NaN where a line lacks it), from the table of lines `regular` and the per-line parses
+    [(line, item)] of the others; and their line numbers."""
+    n = len(regular)
+    table = dict(table) if table else {k: np.empty(0) for k in ("epoch", "last", "speed")}
+    ok = ~(np.isnan(table["epoch"]) | np.isnan(table["last"]) | np.isnan(table.get("first", 0)))
+    table.setdefault("first", np.full(n, np.nan))  # lines of the right shape lacking numbers: not ours
+    if extra:
+        more = [{"epoch": it[1], "first": np.nan if it[2] is None else it[2], "last": it[3], "speed": it[4],
+                 **it[5]} for _, it in extra]
+        for k in dict.fromkeys([*table, *(k for m in more for k in m)]):
+            table[k] = np.concatenate([table.get(k, np.full(n, np.nan)), [m.get(k, np.nan) for m in more]])
+        regular = np.concatenate([regular, [i for i, _ in extra]]).astype(np.int64)
+        ok = np.concatenate([ok, np.ones(len(extra), bool)])
+    keep = slice(None) if ok.all() and not extra else np.flatnonzero(ok)[np.argsort(regular[ok], kind="stable")]
+    rows = {k: table[k][keep] for k in [*_FIXED, *(k for k in table if k not in _FIXED)]}
+    rows["epoch"], rows["last"] = rows["epoch"].astype(np.int64), rows["last"].astype(np.int64)
+    return rows, regular[keep]
+
+
+def _concat(parts: Sequence[dict]) -> dict:
+    if len(parts) == 1:
+        return parts[0]
+    names = dict.fromkeys(k for p in parts for k in p)
+    return {k: np.concatenate([p.get(k, np.full(len(p["epoch"]), np.nan)) for p in parts]) for k in names}
+
+
+def _scan_file(path: str, fast: bool):
+    """One file -> (rows, items in log order): ("rows", a, b) for rows [a, b), ("end", epoch,
+    column, value), ("lr", value), ("marker", epoch, batch, lr, checkpoint)."""
+    gc_was = gc.isenabled()
+    gc.disable()  # hundreds of thousands of new objects: the collector would rescan them all
+    try:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read the log: {e.strerror or e}") from None
+        lines = _Lines(data)
+        found = _fast_table(data, lines) if fast else None
+        regular, table, odd, odd_lines = found or (np.empty(0, np.int64), None, range(len(lines)),
+                                                   map(lines, range(len(lines))))
+        events, extra = [], []
+        for i, line in zip(odd, odd_lines):
+            if b"Epoch[" in line or b"Update[" in line:
+                item = _line_item(line)
+                if item:
+                    (extra if item[0] == "row" else events).append((i, item))
+        rows, row_line = _rows(regular, table, extra)
+    finally:
+        if gc_was:
+            gc.enable()
+    items, prev = [], 0
+    before = np.searchsorted(row_line, [i for i, _ in events]).tolist()
+    for r, (_, item) in zip(before, events):
+        if r > prev:
+            items.append(("rows", prev, r))
+        items.append(item)
+        prev = r
+    if len(row_line) > prev:
+        items.append(("rows", prev, len(row_line)))
+    return rows, items
+
+
+class _Timeline:
+    """Replays the items of all files in order; a step back in (epoch, phase, batch) or our marker
+    restarts the run there: what was logged from that point on is dropped and the point recorded."""
+
+    def __init__(self, rows: dict):
+        self.rows, self.alive = rows, np.ones(len(rows["epoch"]), bool)
+        self.epoch, self.last, self.first = rows["epoch"], rows["last"], rows["first"]
+        self.key = self.epoch * (1 << 32) + self.last
+        self.back = (np.flatnonzero(np.diff(self.key) < 0) + 1).tolist()  # rows that step back
+        self.pos = None      # (epoch, phase 0 batches / 1 epoch end, batch)
+        self.done = 0        # rows [0, done) replayed
+        self.ends: Dict[int, Dict[str, float]] = {}
+        self.lrs: List[tuple] = []    # (epoch, batch, lr), in log order
+        self.pending: List[float] = []  # LR lines waiting for the position of the next data line
+        self.resumes: List[Resume] = []
+        self.note = None     # "FILE: next file" until the next data line
+        self.fresh = False   # a restart found by position waits for its LR
+        self.path = ""
+
+    def new_file(self, path: str):
+        self.path = path
+        if self.pos is not None:
+            self.note = f"{path}: next file"
+
+    def lr_now(self) -> float:
+        return self.lrs[-1][2] if self.lrs else math.nan
+
+    def restart(self, epoch: int, batch: int, how: str, lr: Optional[float] = None):
+        e, last = self.epoch[:self.done], self.last[:self.done]
+        self.alive[:self.done] &= ~((e > epoch) | ((e == epoch) & (last > batch)))
+        self.ends = {k: v for k, v in self.ends.items() if k < epoch}
+        self.lrs = [x for x in self.lrs if x[:2] < (epoch, batch)]
+        self.resumes = [x for x in self.resumes if (x.epoch, x.batch) < (epoch, batch)]
+        if lr is not None:
+            self.lrs.append((epoch, batch, lr))
+            self.pending = []
+        self.pos, self.note, self.fresh = (epoch, 0, batch), None, lr is None
+        self.resumes.append(Resume(epoch, batch, math.nan if lr is None else lr, f"{self.path}: {how}"))
+
+    def enter(self, epoch: int, batch: int):
+        """A data line at (epoch, batch): LR lines since the last one take effect here."""
+        self.lrs.extend((epoch, batch, lr) for lr in self.pending)
+        self.pending = []
+        if self.fresh:  # a restart without our marker: its LR is the first one logged after it
+            self.resumes[-1] = self.resumes[-1]._replace(lr=self.lr_now())
+            self.fresh = False
+        if self.note:
+            self.resumes.append(Resume(epoch, batch, self.lr_now(), self.note))
+            self.note = None
+
+    def batch_rows(self, a: int, b: int):
+        steps = self.back[bisect_right(self.back, a):bisect_left(self.back, b)]
+        for i, j in zip([a] + steps, steps + [b]):
+            epoch, last, first = int(self.epoch[i]), int(self.last[i]), self.first[i]
+            back = self.pos is not None and (epoch, 0, last) < self.pos
+            if not math.isnan(first):
+                start = int(first)
+            else:  # `Batch [n]`: the window began where the epoch's previous line ended
+                start = self.pos[2] if self.pos and not back and self.pos[:2] == (epoch, 0) else 0
+            if back:
+                self.restart(epoch, start, f"epoch {epoch} logged again")
+            self.enter(epoch, start)
+            self.pos, self.done = (int(self.epoch[j - 1]), 0, int(self.last[j - 1])), j
+
+    def end(self, epoch: int, col: str, value: float):
+        here = (epoch, 1, 0)
+        if self.pos is None or here < self.pos:
+            if self.pos is not None:
+                self.restart(epoch, 0, f"epoch {epoch} logged again")
+            self.pos = here
+        if self.pending or self.note or self.fresh:
+            self.enter(epoch, self.pos[2] if self.pos[0] == epoch else 0)
+        self.ends.setdefault(epoch, {})[col] = value
+        if self.pos < here:
+            self.pos = here
+
+    def replay(self, item):
+        kind = item[0]
+        if kind == "rows":
+            self.batch_rows(item[1], item[2])
+        elif kind == "end":
+            self.end(*item[1:])
+        elif kind == "lr":
+            self.pending.append(item[1])
+        elif kind == "marker":
+            epoch, batch, lr, ckpt = item[1:]
+            self.restart(epoch, batch, f"resumed from {ckpt}", lr)
+
+    def batches(self) -> pd.DataFrame:
+        """Rows still in effect; repeated lines (two handlers, one metric per line) merged."""
+        keep = slice(None) if self.alive.all() else self.alive
+        df = pd.DataFrame({k: v[keep] for k, v in self.rows.items()})
+        key = self.key[keep]
+        if len(key) > 1 and (np.diff(key) == 0).any():
+            df = df.groupby(["epoch", "last"], sort=False).last().reset_index()[df.columns]
+        # `Batch [n]` lines: the window starts where the previous line of the epoch ended
+        ep, last = df["epoch"].to_numpy(), df["last"].to_numpy()
+        prev = np.where(np.r_[False, ep[1:] == ep[:-1]], np.r_[0, last[:-1]], 0)
+        df["first"] = np.where(np.isnan(df["first"].to_numpy()), prev, df["first"].to_numpy()).astype(np.int64)
+        return df
+
+
+def _lr_table(lrs, epochs, batches_per_epoch):
+    """LR in effect at the end of each epoch, and the (fractional) epochs where it changed."""
+    at_end = []
+    starts = [e for e, _, _ in lrs]
+    for e in epochs:
+        i = bisect_right(starts, e)
+        at_end.append(lrs[i - 1][2] if i else math.nan)
+    changes, prev = [], None
+    for e, b, lr in lrs:
+        if prev is not None and not math.isclose(lr, prev, rel_tol=1e-9):
+            nb = batches_per_epoch.get(e, 0)
+            x = e + min(b / nb, 1.0) if b and nb else float(e)
+            if not changes or changes[-1] != x:
+                changes.append(x)
+        prev = lr
+    return at_end, changes
+
+
+def _epoch_table(tl: _Timeline, batches: pd.DataFrame):
+    groups = batches.groupby("epoch", sort=True)
+    speed, nb = groups["speed"].mean(), groups["last"].max()
+    epochs = sorted(set(tl.ends) | set(speed.index.tolist()))
+    cols = list(dict.fromkeys(c for e in sorted(tl.ends) for c in tl.ends[e]))
+    api = "module" if any(c.startswith("train-") for c in cols) else "feedforward"
+    table = {e: dict(tl.ends.get(e, {})) for e in epochs}
+    if api == "feedforward":  # no Train- lines: the epoch's last Speedometer line stands in
+        metrics = [c for c in batches.columns if c not in ("epoch", "first", "last", "speed")]
+        last = batches.drop_duplicates("epoch", keep="last").set_index("epoch")
+        for e in last.index:
+            table[int(e)].update({f"train-{m}": last.at[e, m] for m in metrics})
+        cols = [f"train-{m}" for m in metrics] + cols
+    order = [c for c in cols if c.startswith("train-")] + [c for c in cols if c.startswith("val-")]
+    df = pd.DataFrame.from_dict(table, orient="index", columns=order + ["time-cost"], dtype=np.float64)
+    df.index = pd.Index(epochs, dtype=np.int64, name="epoch")
+    df["speed"] = speed.reindex(df.index).to_numpy()
+    df["lr"], changes = _lr_table(tl.lrs, epochs, {int(k): int(v) for k, v in nb.items()})
+    return df, changes, api
+
+
+def parse_logs(paths: Sequence[str], batches: bool = False, fast: bool = True) -> ParsedLog:
+    """Parse one run logged in `paths` (read in order, later lines win). `fast=False` forces the
+    per-line path (tests compare the two). Raises UserError for a missing, unreadable or empty log."""
+    if isinstance(paths, (str, bytes)) or not hasattr(paths, "__iter__"):
+        paths = [paths]
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise UserError("no log file given")
+    scans = []
+    for path in paths:
+        rows, items = _scan_file(path, fast)
+        if not len(rows["epoch"]) and not any(it[0] in ("end", "marker") for it in items):
+            raise UserError(f"{path}: no epoch data (no 'Epoch[N] Batch [...] Speed: ...', "
+                            "'Epoch[N] Train-...', 'Validation-...' or 'Time cost' lines)")
+        scans.append((rows, items))
+    tl = _Timeline(_concat([r for r, _ in scans]))
+    offset = 0
+    for path, (rows, items) in zip(paths, scans):
+        tl.new_file(path)
+        for it in items:
+            tl.replay(("rows", it[1] + offset, it[2] + offset) if it[0] == "rows" else it)
+        offset += len(rows["epoch"])
+    table = tl.batches()
+    epochs, changes, api = _epoch_table(tl, table)
+    return ParsedLog(epochs=epochs, batches=table if batches else None, resumes=tl.resumes,
+                     lr_changes=changes, api=api, files=paths)
+
+
+def mxnet_markdown(epochs: pd.DataFrame, metrics: Sequence[str] = ("accuracy",)) -> str:
+    """The table MXNet's tools/parse_log.py prints (its header, 1-based epochs, %f and %.1f) for
+    the epochs with any of its figures; where MXNet averages an epoch logged twice, ours is the last."""
+    cols = [f"train-{m}" for m in metrics] + [f"val-{m}" for m in metrics] + ["time-cost"]
+    df = epochs.reindex(columns=cols)
+    out = ["| epoch | " + " | ".join(cols[:-1]) + " | time |", "| --- " * (len(cols) + 1) + "|"]
+    for e, v in zip(df.index, df.to_numpy().tolist()):
+        if not all(map(math.isnan, v)):
+            out.append("| %2d | " % (e + 1) + " | ".join("%f" % x for x in v[:-1]) + " | %.1f |" % v[-1])
+    return "\n".join(out)
