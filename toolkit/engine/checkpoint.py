@@ -78,11 +78,12 @@ def find(directory: str, prefix: Optional[str], epoch: Optional[int]) -> str:
 
 
 def prune(directory: str, prefix: str, keep_last: int, current: Tuple[int, int]):
-    """Keep the newest `keep_last` epoch checkpoints; drop stop checkpoints older than `current`."""
+    """With keep_last > 0: keep the newest `keep_last` epoch checkpoints and drop the stop
+    checkpoints older than `current`. With 0 (the default) every checkpoint stays."""
+    if keep_last <= 0:
+        return
     found = list_checkpoints(directory, prefix).get(prefix, {})
     epochs = sorted(k for k in found if k[1] == 0)
-    doomed = [k for k in found if k[1] and k < current]
-    if keep_last > 0:
-        doomed += epochs[:-keep_last]
+    doomed = [k for k in found if k[1] and k < current] + epochs[:-keep_last]
     for k in doomed:
         os.remove(found[k])
