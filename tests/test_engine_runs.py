@@ -247,3 +247,18 @@ def test_evaluate_is_exact_across_world_sizes_and_writes_csvs(data, tmp_path):
                "--json", "--out-dir", str(tmp_path / "ten")]).stdout
     ten = __import__("json").loads(ten.strip().splitlines()[-1])
     assert ten["images"] == 48 and ten["ten_crop"] and 0 <= ten["rank1"] <= 1
+
+
+def test_resume_on_another_number_of_processes_continues_at_the_same_sample(data, tmp_path):
+    log = str(tmp_path / "logs" / "w.log")
+    cmd = launcher(2) + ["tools/train.py", *TINY, "--data", data, *dirs(tmp_path, "w"), "--epochs", "2"]
+    start_and_interrupt(cmd, log, r"Epoch\[0\] Batch \[2-3\]")
+    stop, = (tmp_path / "ck").glob("w-0000-b*.pt")
+    batch = torch.load(stop, weights_only=True)["batch"]
+    resume(1, tmp_path, "w")  # 1 process, same batch per process: twice the batches per epoch left
+    text = open(log).read()
+    assert f"at Epoch[0] Batch [{2 * batch}]" in text.split("Resumed training from")[1]
+    assert text.count("world size 2,") == 1 and text.count("world size 1,") == 1
+    assert "Epoch[1] Validation-accuracy=" in text and "Epoch[0] Validation-accuracy=" in text
+    state = torch.load(tmp_path / "ck" / "w-0002.pt", weights_only=True)
+    assert state["world_size"] == 1 and state["epoch"] == 2
