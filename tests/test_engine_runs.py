@@ -262,3 +262,32 @@ def test_resume_on_another_number_of_processes_continues_at_the_same_sample(data
     assert "Epoch[1] Validation-accuracy=" in text and "Epoch[0] Validation-accuracy=" in text
     state = torch.load(tmp_path / "ck" / "w-0002.pt", weights_only=True)
     assert state["world_size"] == 1 and state["epoch"] == 2
+
+
+def test_progress_bar_on_a_terminal_and_not_in_the_log(data, tmp_path):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    pid, fd = pty.fork()
+    if pid == 0:  # child: a terminal 120 columns wide
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.chdir(REPO)
+        os.execve(sys.executable, [sys.executable, "tools/train.py", *TINY, "--data", data,
+                                   *dirs(tmp_path, "t"), "--epochs", "1", "--log-every", "6"], ENV)
+    out = b""
+    while select.select([fd], [], [], 120)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")[-2000:]
+    screen = out.decode(errors="replace")
+    assert re.search(r"Epoch\[0\]:\s+\d+%\|.*\| \d+/24 ", screen), screen[-2000:]
+    log = (tmp_path / "logs" / "t.log").read_text()
+    assert "Epoch[0] Validation-accuracy=" in log and "%|" not in log and "batch/s" not in log
