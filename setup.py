@@ -11,6 +11,8 @@ setup(
         "torch>=2.4",
         "torchvision>=0.19",
         "nvidia-dali-cuda130>=2.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        # region decode of training crops on the CPU (also a dependency of DALI itself)
+        "nvidia-nvimgcodec-cu13>=0.5; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "numpy",
         "pillow",
         "click>=8.0",

@@ -1,13 +1,15 @@
 """The `torch` backend: a Dataset over record shards and a DataLoader, uint8 all the way to the batch.
 
-Workers read records through the .idx (each opens its own file handles), decode with
-torchvision.io (libjpeg-turbo), crop/flip/resize in uint8 with torchvision.transforms.v2, and pass
+Workers read records through the .idx (each opens its own file handles), decode with libjpeg-turbo
+(training: only the random crop's region, through nvImageCodec; evaluation: torchvision.io),
+crop/flip/resize in uint8, and pass
 uint8 tensors between processes; conversion to float and normalisation happen once per batch on the
 training device. Augmentation draws come from a generator seeded by (seed, epoch, position), so
 they do not depend on the worker count and a resumed epoch is bit-exact.
 """
 import logging
 import math
+import os
 import signal
 
 import numpy as np
@@ -46,8 +48,8 @@ class EvalTransform:
     def __init__(self, transform):
         self.transform = transform
 
-    def __call__(self, img, seed):
-        return self.transform(img)
+    def __call__(self, payload: bytes, seed: int):
+        return self.transform(decode(payload))
 
 
 class TrainTransform:
@@ -83,13 +85,11 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def __call__(self, img: torch.Tensor, seed: int) -> torch.Tensor:
+    def __call__(self, payload: bytes, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
-        top, left, h, w = self.crop_box(img.shape[-2], img.shape[-1], g)
-        crop = img[:, top:top + h, left:left + w]
+        crop = decode_crop(payload, lambda height, width: self.crop_box(height, width, g))
         # channels-last memory: torch's fast uint8 antialiased path
-        crop = crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
-        out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True,
+        out = F.interpolate(crop[None], size=(self.size, self.size), mode="bilinear", antialias=True,
                             align_corners=False)[0]
         if torch.rand(1, generator=g).item() < 0.5:
             out = out.flip(-1)
@@ -106,6 +106,45 @@ def decode(payload: bytes) -> torch.Tensor:
     return tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)
 
 
+_NVIMGCODEC = {}  # pid -> decoder: one per process, made after the DataLoader forks
+
+
+def _roi_decoder():
+    """nvImageCodec's CPU decoder (libjpeg-turbo; installed with DALI), or None without it."""
+    pid = os.getpid()
+    if pid not in _NVIMGCODEC:
+        try:
+            from nvidia import nvimgcodec
+            _NVIMGCODEC[pid] = (nvimgcodec, nvimgcodec.Decoder(
+                device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]))
+        except Exception:  # not installed (no DALI on this platform) or no CPU backend
+            _NVIMGCODEC[pid] = None
+    return _NVIMGCODEC[pid]
+
+
+def decode_crop(payload: bytes, crop_box) -> torch.Tensor:
+    """Decode only the region crop_box(height, width) -> (top, left, h, w) chooses: uint8 CHW in
+    channels-last memory. With nvImageCodec, libjpeg-turbo skips the rows and columns outside the
+    crop (pixels identical to a full decode and crop, tested; 0.3 against 0.55 ms for half the
+    area); without it, torchvision decodes the whole image and crops."""
+    codec = _roi_decoder()
+    if codec is not None:
+        nvimgcodec, decoder = codec
+        stream = nvimgcodec.CodeStream(payload)
+        top, left, h, w = crop_box(stream.height, stream.width)
+        region = nvimgcodec.Region(top, left, top + h, left + w)
+        img = decoder.decode(stream.get_sub_code_stream(region=region))
+        if img is None:
+            raise RuntimeError("nvImageCodec could not decode the image")
+        hwc = torch.from_numpy(np.asarray(img.cpu()))
+        if hwc.shape == (h, w, 3):  # RGB whatever the source (grey and CMYK are converted)
+            return hwc.permute(2, 0, 1)
+    img = decode(payload)
+    top, left, h, w = crop_box(img.shape[-2], img.shape[-1])
+    return img[:, top:top + h, left:left + w].permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
 def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
     alpha = torch.randn(3, generator=g) * std
     shift = _EIGVEC @ (alpha * _EIGVAL)
@@ -119,24 +158,24 @@ class RecordDataset(Dataset):
         self.records, self.transform, self.seed, self.pca_std = records, transform, seed, pca_std
         self._reported = set()
 
-    def _load(self, i: int):
+    def _load(self, i: int, seed: int):
         header, payload = recordio.unpack(self.records.read(i))
         label = header.label if header.flag == 0 else header.label[0]
-        return decode(payload), int(label)
+        return self.transform(payload, seed), int(label)
 
     def __getitem__(self, item):
         i, epoch, position = item
+        seed = sample_seed(self.seed, epoch, position)
         for attempt in range(len(self.records)):
             j = (i + attempt) % len(self.records)
             try:
-                img, label = self._load(j)
+                img, label = self._load(j, seed)
                 break
             except Exception as exc:  # a corrupt record must not kill a multi-day run
                 if j not in self._reported:
                     self._reported.add(j)
                     log.warning("corrupt record skipped (%s): %s; using the next record instead",
                                 self.records.where(j), exc)
-        img = self.transform(img, sample_seed(self.seed, epoch, position))
         if self.pca_std:
             img = pca_lighting(img, self.pca_std,
                                torch.Generator().manual_seed(sample_seed(self.seed, epoch, position, LIGHTING)))
