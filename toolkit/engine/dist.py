@@ -51,6 +51,13 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max_async(t: torch.Tensor):
+    """Start an in-place MAX all-reduce of t; returns the handle to wait on (None: one process)."""
+    if dist.is_initialized():
+        return dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True)
+    return None
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

@@ -121,7 +121,7 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.lr = None
+        self.lr, self._pending = None, None
         self._log_start(resumed_from)
 
     def _restore(self, state):
@@ -155,6 +155,10 @@ class Trainer:
             if result.get("stopped"):
                 return result
             self.end_epoch(epoch, result)
+            if result["stop_after"] and epoch + 1 < self.cfg.epochs:  # asked during the last step
+                path = checkpoint.checkpoint_path(self.cfg.checkpoints_dir, self.cfg.prefix, epoch + 1)
+                self.log.info(f"Stopped after Epoch[{epoch}]: {path}")
+                return {"stopped": True, "path": path, "epoch": epoch + 1, "batch": 0}
         return result
 
     def _set_lr(self, epoch: int, b: int, nb: int):
@@ -168,12 +172,33 @@ class Trainer:
                 group["lr"] = lr
             self.lr = lr
 
-    def _sync_flags(self, loss: torch.Tensor) -> tuple:
-        """One small all-reduce per step: did any rank get a stop signal or a non-finite loss?"""
+    def _post_flags(self, loss: torch.Tensor, epoch: int, b: int) -> bool:
+        """Start this step's all-reduce of [stop requested, loss not finite] and read the previous
+        step's. Reading one step late keeps the host from waiting for the device at every step (on
+        GPUs the next step is queued meanwhile), and every rank reads the same values at the same
+        step, so all stop together. Raises NonFiniteLoss for a NaN/inf loss on any rank."""
         flags = torch.stack([torch.tensor(float(bool(self.stop and self.stop.requested)), device=loss.device),
                              (~torch.isfinite(loss.detach())).float()])
-        stop, bad = dist.all_reduce_max(flags).tolist()
-        return bool(stop), bool(bad)
+        previous, self._pending = self._pending, (flags, dist.all_reduce_max_async(flags), epoch, b, loss.detach())
+        return self._read_flags(previous)
+
+    def _drain_flags(self) -> bool:
+        """The last step's flags (before a checkpoint is written: never save NaN weights)."""
+        pending, self._pending = self._pending, None
+        return self._read_flags(pending)
+
+    def _read_flags(self, pending) -> bool:
+        if pending is None:
+            return False
+        flags, work, epoch, b, loss = pending
+        if work is not None:
+            work.wait()
+        stop, bad = flags.tolist()
+        if bad:
+            raise NonFiniteLoss(f"the loss became {loss.item()} at Epoch[{epoch}] Batch [{b}] "
+                                f"on some rank; checkpoints on disk are intact: resume from an earlier "
+                                "epoch with a lower --lr")
+        return bool(stop)
 
     def train_step(self, x, y, epoch, b, nb) -> tuple:
         cfg = self.cfg
@@ -218,18 +243,16 @@ class Trainer:
             sums = Meter.batch_sums(logits, y, ce)
             meter.sums += sums
             window.sums += sums
-            stop, bad = self._sync_flags(loss)
-            if bad:
-                raise NonFiniteLoss(f"the loss became {loss.item()} at Epoch[{epoch}] Batch [{b}] "
-                                    f"(step {self.step}); checkpoints on disk are intact: resume from "
-                                    "an earlier epoch with a lower --lr")
+            stop = self._post_flags(loss, epoch, b)
             speed.tick(b, t_data, window)
             bar.update(1)
             if stop and boundary:
+                self._drain_flags()
                 return self.save_stop(epoch, b + 1, meter)
             t_fetch = time.perf_counter()
+        stop_after = self._drain_flags()
         sums = dist.all_reduce_sum(meter.sums.clone())
-        return {**meter.metrics(sums), "time": time.perf_counter() - t0}
+        return {**meter.metrics(sums), "time": time.perf_counter() - t0, "stop_after": stop_after}
 
     def state(self, epoch: int, batch: int, train_sums=None) -> dict:
         dist.broadcast_buffers(self.model)
