@@ -53,6 +53,10 @@ def _loss(ax, parsed, x):
     name = next((n for n in LOSSES if f"train-{n}" in df or f"val-{n}" in df), None)
     for split in ("train", "val") if name else ():
         _curve(ax, df, f"{split}-{name}", x, color=COLORS[split], linestyle="-", label=f"{split} {name}")
+    values = df[[c for c in (f"train-{name}", f"val-{name}") if c in df]].to_numpy().ravel() if name else []
+    values = values[(values > 0) & (values == values)] if len(values) else values
+    if len(values) and values.max() > 20 * values.min():  # an early spike would flatten the rest
+        ax.set_yscale("log")
     ax.set_ylabel(name or "loss")
     ax.set_title(f"loss ({name or 'not logged'})", fontsize=10)
 

@@ -46,7 +46,7 @@ until grep -q "Epoch\[$STOP_EPOCH\] Batch \[" "$LOG" 2>/dev/null; do
 done
 step "   Ctrl-C (SIGINT to the process group)"
 kill -INT -- -$TRAIN
-wait $TRAIN || true
+wait $TRAIN || true   # torchrun reports the SIGINT it got with a traceback of its own; the ranks stopped cleanly
 STOP=$(ls "$CKPT/$PREFIX"-*-b*.pt)
 echo "stopped; checkpoint: $STOP"
 
