@@ -291,3 +291,15 @@ def test_progress_bar_on_a_terminal_and_not_in_the_log(data, tmp_path):
     assert re.search(r"Epoch\[0\]:\s+\d+%\|.*\| \d+/24 ", screen), screen[-2000:]
     log = (tmp_path / "logs" / "t.log").read_text()
     assert "Epoch[0] Validation-accuracy=" in log and "%|" not in log and "batch/s" not in log
+
+
+def test_gpu_path_options_run_on_cpu_with_two_processes(data, tmp_path):
+    """torch.compile over DDP, bf16 autocast, channels-last and gradient accumulation (no_sync on
+    the DDP module under the compiled one): the same code the GPU path runs, here on Gloo."""
+    train(2, data, tmp_path, "g", "--epochs", "1", "--compile", "--amp", "bf16", "--channels-last",
+          "--grad-accum", "2")
+    state = torch.load(tmp_path / "ck" / "g-0001.pt", weights_only=True)
+    assert state["step"] == 6 and not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+    from toolkit.registry import build_model
+    build_model("resnet20", image_size=32, num_classes=10).load_state_dict(state["model"])
+    assert "Epoch[0] Validation-accuracy=" in open(tmp_path / "logs" / "g.log").read()

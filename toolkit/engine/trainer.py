@@ -116,8 +116,9 @@ class Trainer:
         self.epoch, self.batch, self.step, self.carry = 0, 0, 0, None
         if state is not None:
             self._restore(state)
-        self.net = DDP(self.model, device_ids=[env.device] if env.device.type == "cuda" else None) \
-            if env.world > 1 else self.model
+        self.ddp = DDP(self.model, device_ids=[env.device] if env.device.type == "cuda" else None) \
+            if env.world > 1 else None
+        self.net = self.ddp or self.model
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -206,7 +207,7 @@ class Trainer:
         if self.stochastic:  # dropout masks: a function of (seed, epoch, batch, rank), exact on resume
             torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT_STREAM))
         last_micro = (b + 1) % cfg.grad_accum == 0 or b + 1 == nb
-        sync = contextlib.nullcontext() if last_micro or self.env.world == 1 else self.net.no_sync()
+        sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
         with sync:
             with autocast(self.env, cfg.amp):
                 logits, loss = forward_loss(self.net, x, y, self.criterion)
