@@ -134,7 +134,9 @@ def decode_crop(payload: bytes, crop_box) -> torch.Tensor:
         stream = nvimgcodec.CodeStream(payload)
         top, left, h, w = crop_box(stream.height, stream.width)
         region = nvimgcodec.Region(top, left, top + h, left + w)
-        img = decoder.decode(stream.get_sub_code_stream(region=region))
+        # as torchvision.io decodes (evaluation, other backends): EXIF orientation not applied
+        img = decoder.decode(stream.get_sub_code_stream(region=region),
+                             params=nvimgcodec.DecodeParams(apply_exif_orientation=False))
         if img is None:
             raise RuntimeError("nvImageCodec could not decode the image")
         hwc = torch.from_numpy(np.asarray(img.cpu()))
