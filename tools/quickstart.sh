@@ -47,7 +47,7 @@ done
 step "   Ctrl-C (SIGINT to the process group)"
 kill -INT -- -$TRAIN
 wait $TRAIN || true   # torchrun reports the SIGINT it got with a traceback of its own; the ranks stopped cleanly
-STOP=$(ls "$CKPT/$PREFIX"-*-b*.pt)
+STOP=$(ls -t "$CKPT/$PREFIX"-*.pt | head -1)   # PREFIX-EEEE-bBBBBBB.pt (or PREFIX-EEEE.pt at an epoch's end)
 echo "stopped; checkpoint: $STOP"
 
 step "4. resume from it with a lower LR (0.02, constant from here)"
