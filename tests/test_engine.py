@@ -217,3 +217,19 @@ def test_a_stop_asked_during_an_epochs_last_step_ends_with_that_epochs_checkpoin
     result = trainer.fit()
     assert (result["epoch"], result["batch"]) == (1, 3)
     assert sorted(os.listdir(other)) == ["s-0001-b000003.pt", "s-0001.pt"]
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path):
+    ck = tmp_path / "ck"
+    checkpoint.save(checkpoint.checkpoint_path(str(ck), "r", 1), {"epoch": 1})
+    before = (ck / "r-0001.pt").read_bytes()
+    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--prefix", "r", "--checkpoints-dir", ck,
+                    "--logs-dir", tmp_path / "logs", "--num-epochs", "3", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {ck}/ already holds checkpoints of a run named 'r': continue it with tools/resume.py "
+        "--prefix r, start another with --prefix NAME, or delete them"]
+    assert (ck / "r-0001.pt").read_bytes() == before and not (tmp_path / "logs").exists()
+    # MXNet's flag names work too: --load-epoch (resume.py), --num-epochs (train.py, above)
+    proc = run_tool("tools/resume.py", "--load-epoch", "7", "--checkpoints-dir", ck, check=False)
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr and "epochs saved: 1" in proc.stderr

@@ -6,6 +6,10 @@ ACTIVATIONS = ("relu", "prelu", "elu", "leaky_relu", "silu", "tanh")
 BN_PLACEMENTS = ("before", "after", "none")
 INITIALIZERS = ("he_normal", "he_uniform", "xavier_normal", "xavier_uniform",
                 "lecun_normal", "lecun_uniform")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("step", "multistep", "poly", "linear", "cosine", "constant")
+AMP = ("off", "bf16", "fp16")
+LOADERS = ("auto", "dali", "torch")
 
 # flag -> keyword of build_model(); None means "the recipe's default"
 _MODEL_FLAGS = [
@@ -50,17 +54,17 @@ def _csv_floats(ctx, param, value):
 # training flags shared by train.py and resume.py; None means "the recipe's (or checkpoint's) value"
 _TRAIN_FLAGS = [
     click.option("--data", default=None, help="Dataset folder (tools/im2rec.py output). Default: the toy set."),
-    click.option("--epochs", type=click.IntRange(min=1), default=None, help="Train until this many epochs."),
+    click.option("--epochs", "--num-epochs", "epochs", type=click.IntRange(min=1), default=None,
+                 help="Train until this many epochs (MXNet: --num-epochs)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per process."),
     click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate."),
-    click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw", "rmsprop", "adagrad"]), default=None),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None),
     click.option("--momentum", type=float, default=None),
     click.option("--nesterov/--no-nesterov", default=None),
     click.option("--weight-decay", type=click.FloatRange(min=0), default=None),
     click.option("--wd-on-bn-bias/--no-wd-on-bn-bias", default=None,
                  help="Weight decay on BatchNorm and bias parameters too (default: no)."),
-    click.option("--lr-schedule", type=click.Choice(["step", "multistep", "poly", "linear", "cosine", "constant"]),
-                 default=None),
+    click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=None),
     click.option("--lr-step-epochs", callback=_csv_floats, default=None,
                  help="multistep: epochs where the LR drops (30,60); step: the period (30)."),
     click.option("--lr-factor", type=float, default=None, help="LR multiplier at each step."),
@@ -68,7 +72,7 @@ _TRAIN_FLAGS = [
     click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None),
     click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None),
     click.option("--grad-accum", type=click.IntRange(min=1), default=None, help="Batches per optimizer step."),
-    click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default=None),
+    click.option("--loader", type=click.Choice(LOADERS), default=None),
     click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers/threads per process."),
     click.option("--min-crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None,
                  help="Smallest area of RandomResizedCrop (0.08 for ImageNet)."),
@@ -76,7 +80,7 @@ _TRAIN_FLAGS = [
                  help="Shorter side before the eval centre crop (default 256/224 of the image size)."),
     click.option("--color-jitter", type=click.FloatRange(min=0), default=None),
     click.option("--pca-lighting", type=click.FloatRange(min=0), default=None, help="AlexNet PCA lighting std (0.1)."),
-    click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default=None, help="Mixed precision."),
+    click.option("--amp", type=click.Choice(AMP), default=None, help="Mixed precision."),
     click.option("--channels-last/--no-channels-last", default=None),
     click.option("--compile/--no-compile", default=None, help="torch.compile the model."),
     click.option("--sync-bn/--no-sync-bn", default=None, help="SyncBatchNorm across GPUs."),

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from toolkit.cli import LOADERS
 from toolkit.engine.evaluation import run_evaluation
 
 
@@ -20,7 +21,7 @@ from toolkit.engine.evaluation import run_evaluation
 @click.option("--split", default="val", show_default=True, help="Split to evaluate (val, test, ...).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over 10 crops (corners, centre, flips).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per process.")
-@click.option("--loader", type=click.Choice(["auto", "dali", "torch"]), default="auto", show_default=True)
+@click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--out-dir", default=None, help="Where the CSVs go; default: the run's logs folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")

@@ -17,8 +17,9 @@ from toolkit.engine.run import resume
 
 
 @click.command(context_settings={"max_content_width": 100})
-@click.option("--epoch", type=click.IntRange(min=0), default=None,
-              help="Resume from PREFIX-NNNN.pt (completed epochs); default: the newest checkpoint.")
+@click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
+              help="Resume from PREFIX-NNNN.pt (completed epochs; MXNet: --load-epoch); "
+                   "default: the newest checkpoint.")
 @train_options
 def main(epoch, prefix, checkpoints_dir, lr, **overrides):
     sys.exit(resume(checkpoints_dir or "checkpoints", prefix, epoch, lr, **overrides))

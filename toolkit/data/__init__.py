@@ -8,9 +8,10 @@ import torch
 
 from toolkit.data.discovery import DatasetInfo, dataset_info, open_split, split_files  # noqa: F401
 from toolkit.data.sampler import RankBatches
+from toolkit.cli import LOADERS
 from toolkit.errors import UserError
 
-BACKENDS = ("auto", "dali", "torch")
+BACKENDS = LOADERS
 
 
 def dali_available() -> bool:

@@ -12,7 +12,7 @@ import torch
 from toolkit.errors import UserError
 
 
-ORDER, SAMPLE, DALI, LIGHTING = 0, 1, 2, 4  # independent random streams of one (seed, epoch)
+ORDER, SAMPLE, DALI, DROPOUT, LIGHTING = 0, 1, 2, 3, 4  # independent random streams of one (seed, epoch)
 
 
 def sample_seed(seed: int, epoch: int, position: int = 0, stream: int = SAMPLE) -> int:

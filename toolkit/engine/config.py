@@ -7,13 +7,10 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
-from toolkit.cli import MODEL_KEYS
+from toolkit.cli import AMP, MODEL_KEYS, OPTIMIZERS, SCHEDULES
 from toolkit.errors import UserError
 from toolkit.registry import get_recipe
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULES = ("step", "multistep", "poly", "linear", "cosine", "constant")
-AMP = ("off", "bf16", "fp16")
 
 
 @dataclasses.dataclass(frozen=True)

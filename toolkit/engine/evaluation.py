@@ -5,15 +5,13 @@ import os
 
 import numpy as np
 import pandas as pd
-import torch
 
 from toolkit.atomic import atomic_open
-from toolkit.data import build_loader, dataset_info
+from toolkit.data import dataset_info
 from toolkit.engine import checkpoint, dist
-from toolkit.engine.config import from_dict
-from toolkit.engine.trainer import evaluate
+from toolkit.engine.config import from_dict, override
+from toolkit.engine.trainer import evaluate, make_eval_loader, prepare_model
 from toolkit.errors import UserError
-from toolkit.registry import build_model
 
 
 def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:
@@ -51,14 +49,9 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         if info.num_classes and info.num_classes != num_classes:
             raise UserError(f"{data}: {info.num_classes} classes, but {path} was trained for "
                             f"{num_classes}; pass the --data the model was trained on")
-        model = build_model(cfg.recipe, **cfg.model_kwargs()).to(env.device)
+        model = prepare_model(override(cfg, sync_bn=False), env)  # no SyncBatchNorm needed to evaluate
         model.load_state_dict(state["model"])
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        val_loader = build_loader(data, split, train=False, batch_size=batch_size or cfg.batch_size,
-                                  image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank,
-                                  world_size=env.world, seed=cfg.seed, backend=loader, device=env.device,
-                                  workers=workers, channels_last=cfg.channels_last, ten_crop=ten_crop)
+        val_loader = make_eval_loader(cfg, env, data, split, batch_size, loader, workers, ten_crop)
         result = evaluate(model, val_loader, env, num_classes, cfg.amp)
         if not env.main:
             return 0

@@ -5,6 +5,9 @@ returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoi
 2 a user error (one line, no traceback).
 """
 import os
+import sys
+
+import torch
 
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.config import TrainConfig, from_dict, override
@@ -31,8 +34,24 @@ def resume_command(cfg: TrainConfig, env) -> str:
     return f"{launcher}tools/resume.py --prefix {cfg.prefix}{extra}"
 
 
+def earlier_run(cfg: TrainConfig, env) -> str:
+    """A fresh run never overwrites another run's checkpoints: rank 0 looks, every rank hears."""
+    found = checkpoint.list_checkpoints(cfg.checkpoints_dir, cfg.prefix).get(cfg.prefix, {}) if env.main else {}
+    flag = torch.tensor([float(bool(found))], device=env.device)
+    if not dist.all_reduce_max(flag).item():
+        return ""
+    return (f"{cfg.checkpoints_dir}/ already holds checkpoints of a run named {cfg.prefix!r}: continue it "
+            f"with tools/resume.py --prefix {cfg.prefix}, start another with --prefix NAME, or delete them")
+
+
 def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
     env = dist.setup()
+    clash = earlier_run(cfg, env) if state is None else ""
+    if clash:
+        if env.main:
+            print(f"Error: {clash}", file=sys.stderr)
+        dist.teardown()
+        return 2
     stop = StopRequest().install()
     log = setup_logging(os.path.join(cfg.logs_dir, cfg.prefix + ".log"), env.main)
     try:

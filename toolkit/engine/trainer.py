@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from toolkit import mxlog
 from toolkit.data import build_loader, dataset_info, split_files
-from toolkit.data.sampler import sample_seed
+from toolkit.data.sampler import DROPOUT, sample_seed
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.config import TrainConfig, override
 from toolkit.engine.logs import Meter, header_lines
@@ -27,9 +27,6 @@ from toolkit.engine.lr import CONTINUOUS, get_lr
 from toolkit.engine.optim import build_optimizer
 from toolkit.errors import UserError
 from toolkit.registry import build_model
-
-DROPOUT_STREAM = 3
-
 
 class NonFiniteLoss(UserError):
     pass
@@ -42,18 +39,30 @@ def resolve_num_classes(cfg: TrainConfig) -> TrainConfig:
     return override(cfg, num_classes=info.num_classes or 1000)
 
 
-def make_loaders(cfg: TrainConfig, env, backend=None):
-    common = dict(image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank,
-                  world_size=env.world, seed=cfg.seed, backend=backend or cfg.loader, device=env.device,
-                  workers=cfg.workers, channels_last=cfg.channels_last)
+def _loader_args(cfg: TrainConfig, env, backend=None, workers=None) -> dict:
+    return dict(image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank, world_size=env.world,
+                seed=cfg.seed, backend=backend or cfg.loader, device=env.device,
+                workers=cfg.workers if workers is None else workers, channels_last=cfg.channels_last)
+
+
+def make_eval_loader(cfg: TrainConfig, env, data=None, split=None, batch_size=None, backend=None,
+                     workers=None, ten_crop=False):
+    """The evaluation loader of a run (its image size, resize and layout): training's validation
+    and tools/evaluate.py."""
+    return build_loader(data or cfg.data, split or cfg.val_split, train=False,
+                        batch_size=batch_size or cfg.batch_size, ten_crop=ten_crop,
+                        **_loader_args(cfg, env, backend, workers))
+
+
+def make_loaders(cfg: TrainConfig, env):
     train = build_loader(cfg.data, cfg.train_split, train=True, batch_size=cfg.batch_size,
                          min_scale=cfg.min_crop_scale, color_jitter=cfg.color_jitter,
-                         pca_lighting=cfg.pca_lighting, **common)
+                         pca_lighting=cfg.pca_lighting, **_loader_args(cfg, env))
     try:
         split_files(cfg.data, cfg.val_split)
     except UserError:
         return train, None
-    return train, build_loader(cfg.data, cfg.val_split, train=False, batch_size=cfg.batch_size, **common)
+    return train, make_eval_loader(cfg, env)
 
 
 def prepare_model(cfg: TrainConfig, env) -> nn.Module:
@@ -68,10 +77,9 @@ def prepare_model(cfg: TrainConfig, env) -> nn.Module:
     return model
 
 
-def forward_loss(model, x, y, criterion):
-    out = model(x)
+def forward_loss(net, x, y, criterion, aux_weight: float = 0.3):
+    out = net(x)
     if isinstance(out, tuple):  # auxiliary heads (GoogLeNet): discounted as the model says
-        aux_weight = getattr(model, "aux_weight", getattr(getattr(model, "module", None), "aux_weight", 0.3))
         return out[0], criterion(out[0], y) + aux_weight * sum(criterion(o, y) for o in out[1:])
     return out, criterion(out, y)
 
@@ -205,12 +213,12 @@ class Trainer:
         cfg = self.cfg
         self._set_lr(epoch, b, nb)
         if self.stochastic:  # dropout masks: a function of (seed, epoch, batch, rank), exact on resume
-            torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT_STREAM))
+            torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT))
         last_micro = (b + 1) % cfg.grad_accum == 0 or b + 1 == nb
         sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
         with sync:
             with autocast(self.env, cfg.amp):
-                logits, loss = forward_loss(self.net, x, y, self.criterion)
+                logits, loss = forward_loss(self.net, x, y, self.criterion, getattr(self.model, "aux_weight", 0.3))
             self.scaler.scale(loss / cfg.grad_accum).backward()
         if last_micro:
             self.scaler.step(self.optimizer)
