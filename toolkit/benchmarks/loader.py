@@ -15,7 +15,7 @@ import click
 import torch
 
 from toolkit.benchmarks.images import imagenet_like_folder
-from toolkit.data import build_loader, dataset_info, open_split, split_files
+from toolkit.data import build_loader, open_split
 
 MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
@@ -82,11 +82,13 @@ def ours(data, split, backend, batch_size, image_size, workers):
 def dali_pipeline(data, split, batch_size, image_size, workers):
     """(a) DALI's own CPU pipeline, as its documentation writes it."""
     from nvidia.dali import fn, pipeline_def, types
-    (rec, idx), = split_files(data, split)[:1]
+    from toolkit.data.dali_backend import combined_index  # DALI takes one .idx for all shards
+    records = open_split(data, split)
+    recs, idx = [rec for rec, _ in records.files], combined_index(records)
 
     @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=None, seed=0)
     def pipe():
-        jpegs, labels = fn.readers.mxnet(path=[rec], index_path=[idx], random_shuffle=True, name="r")
+        jpegs, labels = fn.readers.mxnet(path=recs, index_path=[idx], random_shuffle=True, name="r")
         images = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB)
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=MEAN, std=STD,
@@ -164,7 +166,6 @@ def cli(data, split, backend, batch_size, image_size, workers, seconds, images, 
     src = None
     if data is None:
         src, data = default_dataset(cache, images)
-    dataset_info(data)
     result = {"data": data, "records": len(open_split(data, split)), "batch_size": batch_size,
               "image_size": image_size, "workers": workers, "cpus": os.cpu_count()}
     backends = ["torch", "dali"] if backend == "both" else [backend]
