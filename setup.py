@@ -14,6 +14,8 @@ setup(
         # region decode of training crops on the CPU (also a dependency of DALI itself)
         "nvidia-nvimgcodec-cu13>=0.5; platform_system == 'Linux' and platform_machine == 'x86_64'",
         "numpy",
+        # the loader's crop resize (toolkit/data/torch_backend.py: 2x torch's on a 224 crop)
+        "opencv-python-headless>=4.8",
         "pillow",
         "click>=8.0",
         "pandas",

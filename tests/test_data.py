@@ -211,3 +211,32 @@ def test_region_decode_ignores_exif_orientation_as_torchvision_does():
     full = tb.decode(buf.getvalue())
     crop = tb.decode_crop(buf.getvalue(), lambda h, w: (0, 0, h, w))
     assert full.shape == crop.shape == (3, 61, 83) and torch.equal(full, crop)
+
+
+@pytest.mark.parametrize("size", [48, 20])  # crops mostly upscaled; mostly shrunk 2x and more
+def test_train_transform_is_crop_flip_resize_of_the_decoded_image(size):
+    """The fast path (region decode, OpenCV resize, HWC -> CHW in place) against torchvision's
+    RandomResizedCrop arithmetic on the full decode (bilinear, antialiased): same box, same flip,
+    pixels within a few grey levels (OpenCV shrinks by area averaging, a slightly different filter)."""
+    import torch.nn.functional as F
+    from toolkit.data import torch_backend as tb
+    rng = np.random.default_rng(3)
+    low = torch.from_numpy(rng.integers(0, 255, (3, 6, 8), dtype=np.uint8)).float()[None]
+    img = F.interpolate(low, size=(60, 80), mode="bilinear").round().to(torch.uint8)[0]  # smooth
+    payload = tvio.encode_jpeg(img, quality=95).numpy().tobytes()
+    full, t = tb.decode(payload), tb.TrainTransform(size)
+    flips = 0
+    for seed in range(12):
+        out = torch.full((3, size, size), 7, dtype=torch.uint8)
+        t(payload, seed, out)
+        g = torch.Generator().manual_seed(seed)
+        top, left, h, w = t.crop_box(60, 80, g)
+        crop = full[:, top:top + h, left:left + w]
+        if torch.rand(1, generator=g).item() < 0.5:
+            crop, flips = crop.flip(-1), flips + 1
+        ref = F.interpolate(crop[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+        diff = (out.float() - ref).abs()
+        assert diff.mean() < 1.5 and diff.max() <= 8, (seed, diff.mean(), diff.max())
+        assert (out.float() - ref.flip(-1)).abs().mean() > 5  # a wrong flip would be seen
+        assert torch.equal(t(payload, seed), out)  # without a slot: the same pixels
+    assert 0 < flips < 12

@@ -1,9 +1,9 @@
 """Pack .lst image lists into RecordIO .rec/.idx files, as MXNet's tools/im2rec.py does, faster.
 
-Decode, crop, resize and encode run in worker processes through torchvision.io (libjpeg-turbo)
-instead of OpenCV; records are written in list order whatever the worker count, never more than the
-in-flight images are held in memory, and every output appears under its final name only when
-complete. Beyond MXNet: `num_shards` splits one list into NAME-00000.rec/.idx ..., and the
+Decode, crop, resize and encode run in worker processes with OpenCV (libjpeg-turbo) and MXNet's
+decode flags and encoder settings; records are written in list order whatever the worker count,
+never more than the in-flight images are held in memory, and every output appears under its final
+name only when complete. Beyond MXNet: `num_shards` splits one list into NAME-00000.rec/.idx ..., and the
 per-channel RGB mean/std of the stored images is written to NAME.mean_std.json.
 """
 import dataclasses
@@ -14,19 +14,14 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+import cv2
 import numpy as np
-import torch
-import torchvision.io as tvio
-import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
-from toolkit import recordio
+from toolkit import imageops, recordio
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 from toolkit.lists import ListItem, read_list
-
-_MODES = {1: tvio.ImageReadMode.RGB, 0: tvio.ImageReadMode.GRAY, -1: tvio.ImageReadMode.UNCHANGED}
-
 
 @dataclasses.dataclass(frozen=True)
 class PackOptions:
@@ -55,40 +50,52 @@ def _header(item: ListItem, opts: PackOptions):
     return (0, label, item.index, 0)
 
 
-def _transform(img: torch.Tensor, opts: PackOptions) -> torch.Tensor:
-    h, w = img.shape[-2:]
+def _transform(img: np.ndarray, opts: PackOptions) -> np.ndarray:
+    h, w = img.shape[:2]
     if opts.center_crop:
         side = min(h, w)
-        img = img[..., (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        img = img[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
         h = w = side
     if opts.resize:
         # MXNet's integer arithmetic for the long side, so sizes match its records
-        size = [h * opts.resize // w, opts.resize] if h > w else [opts.resize, w * opts.resize // h]
-        img = TF.resize(img, size, antialias=True)
+        size = (h * opts.resize // w, opts.resize) if h > w else (opts.resize, w * opts.resize // h)
+        img = imageops.resize(img, *size)
     return img
 
 
-def _encode(img: torch.Tensor, opts: PackOptions) -> bytes:
+def _encode(img: np.ndarray, opts: PackOptions) -> bytes:
+    """As MXNet's recordio.pack_img: OpenCV's encoder, BGR(A) in, its quality/compression flag."""
     if opts.encoding == ".png":
-        return tvio.encode_png(img, compression_level=opts.quality).numpy().tobytes()
-    return tvio.encode_jpeg(img[:3] if img.shape[0] == 4 else img, quality=opts.quality).numpy().tobytes()
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, opts.quality])
+    else:
+        img = _no_alpha(img)  # JPEG has none
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, opts.quality])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {img.shape} {img.dtype} image as {opts.encoding}")
+    return buf.tobytes()
 
 
-_LEVELS = torch.arange(256, dtype=torch.float64)
+def _no_alpha(img: np.ndarray) -> np.ndarray:
+    """BGRA -> BGR, grey + alpha -> grey."""
+    return img[:, :, :img.shape[2] - 1] if img.ndim == 3 and img.shape[2] in (2, 4) else img
 
 
-def _stats(img: torch.Tensor) -> np.ndarray:
-    """Per-channel pixel count, sum and sum of squares of a uint8 image (grey counts as RGB)."""
-    x = img[:3].reshape(min(img.shape[0], 3), -1)
-    # exact, from a 256-bin histogram per channel: twice as fast as int64 sums of squares
-    hist = torch.stack([torch.bincount(c, minlength=256) for c in x]).to(torch.float64)
-    if len(hist) == 1:
-        hist = hist.expand(3, -1)
-    return np.concatenate([[x.shape[1]], (hist @ _LEVELS).numpy(), (hist @ _LEVELS ** 2).numpy()])
+def _stats(img: np.ndarray) -> np.ndarray:
+    """Per-channel pixel count, sum and sum of squares, RGB order, of a BGR(A) or grey image (grey
+    counts as RGB): OpenCV's one-pass mean and standard deviation (double accumulators)."""
+    mean, std = (v[:, 0] for v in cv2.meanStdDev(_no_alpha(img)))
+    mean, std = (np.resize(v[::-1], 3) for v in (mean, std))  # BGR -> RGB; grey -> 3 x grey
+    n = img.shape[0] * img.shape[1]
+    return np.concatenate([[n], mean * n, (std ** 2 + mean ** 2) * n])
 
 
-def _decode(data: bytes, color: int) -> torch.Tensor:
-    return tvio.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=_MODES[color])
+def _decode(data: bytes, color: int) -> np.ndarray:
+    """As MXNet's im2rec (cv2.imread(path, color)): 1 BGR, 0 grey, -1 unchanged; EXIF orientation
+    applied for 1 and 0, as OpenCV does."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), color)
+    if img is None:
+        raise RuntimeError("not an image OpenCV can decode")
+    return img
 
 
 def encode_item(job: Tuple[str, ListItem, PackOptions]):
@@ -101,7 +108,7 @@ def encode_item(job: Tuple[str, ListItem, PackOptions]):
         if opts.pass_through:  # stored as is; decoded only for the mean/std, if it decodes
             try:
                 stats = _stats(_decode(data, opts.color))
-            except RuntimeError:
+            except (RuntimeError, cv2.error):
                 stats = None
             return item.index, recordio.pack(_header(item, opts), data), stats, None
         img = _transform(_decode(data, opts.color), opts)
@@ -112,7 +119,7 @@ def encode_item(job: Tuple[str, ListItem, PackOptions]):
 
 
 def _worker_init():
-    torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
+    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
 
 
 def shard_names(name: str, num_shards: int) -> List[str]:
@@ -130,6 +137,9 @@ def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str
     acc = np.zeros(7)
     jobs = ((root, item, opts) for item in read_list(lst_path))
     pool = mp.get_context("fork").Pool(opts.num_thread, _worker_init) if opts.num_thread > 1 else None
+    cv_threads = cv2.getNumThreads()
+    if pool is None:
+        _worker_init()  # --num-thread 1 means one core
     try:
         results = pool.imap(encode_item, jobs, chunksize=8) if pool else map(encode_item, jobs)
         bar = tqdm(total=total, unit="img", desc=os.path.basename(name), disable=None, file=sys.stderr)
@@ -148,6 +158,7 @@ def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str
                     result.records += 1
         bar.close()
     finally:
+        cv2.setNumThreads(cv_threads)
         if pool:
             pool.terminate()
     _write_mean_std(name + ".mean_std.json", acc, result.records)

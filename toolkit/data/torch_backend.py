@@ -12,14 +12,14 @@ import math
 import os
 import signal
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.io as tvio
 import torchvision.transforms.v2 as T
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from toolkit import recordio
+from toolkit import imageops, recordio
 from toolkit.data.discovery import RecordSet
 from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
 
@@ -41,15 +41,20 @@ def build_transform(train: bool, image_size: int, eval_resize=None, ten_crop=Fal
     if train:
         return TrainTransform(image_size, min_scale, color_jitter)
     crop = T.TenCrop(image_size) if ten_crop else T.CenterCrop(image_size)
-    return EvalTransform(T.Compose([T.Resize(eval_resize_for(image_size, eval_resize), antialias=True), crop]))
+    resize = T.Resize(eval_resize_for(image_size, eval_resize), antialias=True)
+    return EvalTransform(T.Compose([resize, crop]), (10, 3) if ten_crop else (3,), image_size)
 
 
 class EvalTransform:
-    def __init__(self, transform):
-        self.transform = transform
+    """torchvision's Resize (shorter side) + CenterCrop or TenCrop: the reference's evaluation."""
 
-    def __call__(self, payload: bytes, seed: int):
-        return self.transform(decode(payload))
+    def __init__(self, transform, lead, size):
+        self.transform, self.shape = transform, (*lead, size, size)
+
+    def __call__(self, payload: bytes, seed: int, out: torch.Tensor = None):
+        img = self.transform(decode(payload))
+        img = torch.stack(list(img)) if isinstance(img, (tuple, list)) else img  # ten-crop
+        return img if out is None else out.copy_(img)
 
 
 class TrainTransform:
@@ -58,7 +63,8 @@ class TrainTransform:
     Hand-written rather than torchvision.transforms.v2.RandomResizedCrop because v2 draws from
     torch's global RNG: making that per-sample deterministic costs a fork_rng and a reseed per image,
     about a third of the crop's time (tools/benchmark.py loader). Here the draws come from a
-    generator seeded by (seed, epoch, position); the resize is torch's uint8 antialiased bilinear.
+    generator seeded by (seed, epoch, position). Only the crop's region is decoded; the resize is
+    OpenCV's (toolkit/imageops.py).
     """
 
     def __init__(self, size: int, min_scale: float = 0.08, color_jitter: float = 0.0,
@@ -66,6 +72,8 @@ class TrainTransform:
         self.size, self.scale = size, (min_scale, 1.0)
         self.ratio, self.log_ratio = ratio, (math.log(ratio[0]), math.log(ratio[1]))
         self.jitter = T.ColorJitter(color_jitter, color_jitter, color_jitter) if color_jitter else None
+        self.shape = (3, size, size)
+        self._hwc = None  # this process's resize buffer
 
     def crop_box(self, height: int, width: int, g: torch.Generator):
         """torchvision RandomResizedCrop.get_params, drawing from `g`: (top, left, h, w)."""
@@ -85,19 +93,23 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def __call__(self, payload: bytes, seed: int) -> torch.Tensor:
+    def __call__(self, payload: bytes, seed: int, out: torch.Tensor = None) -> torch.Tensor:
+        """uint8 CHW (size x size), written into `out` (a slot of the batch) when given."""
         g = torch.Generator().manual_seed(seed)
         crop = decode_crop(payload, lambda height, width: self.crop_box(height, width, g))
-        # channels-last memory: torch's fast uint8 antialiased path
-        out = F.interpolate(crop[None], size=(self.size, self.size), mode="bilinear", antialias=True,
-                            align_corners=False)[0]
+        hwc = crop.permute(1, 2, 0).numpy()  # decode_crop's memory is HWC: no copy
         if torch.rand(1, generator=g).item() < 0.5:
-            out = out.flip(-1)
-        out = out.contiguous()
+            hwc = cv2.flip(hwc, 1)
+        if self._hwc is None:
+            self._hwc = np.empty((self.size, self.size, 3), np.uint8)
+        imageops.resize(hwc, self.size, self.size, self._hwc)
+        out = torch.empty(self.shape, dtype=torch.uint8) if out is None else out
         if self.jitter is not None:  # v2 ColorJitter draws from the global RNG
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                out = self.jitter(out)
+                out.copy_(self.jitter(torch.from_numpy(self._hwc).permute(2, 0, 1)))
+        else:  # HWC -> CHW while the image is in cache: the batch then normalises in one pass
+            np.copyto(out.numpy(), self._hwc.transpose(2, 0, 1))
         return out
 
 
@@ -126,8 +138,9 @@ def _roi_decoder():
 def decode_crop(payload: bytes, crop_box) -> torch.Tensor:
     """Decode only the region crop_box(height, width) -> (top, left, h, w) chooses: uint8 CHW in
     channels-last memory. With nvImageCodec, libjpeg-turbo skips the rows and columns outside the
-    crop (pixels identical to a full decode and crop, tested; 0.29 against 0.55 ms for a quarter of the
-    area); without it, torchvision decodes the whole image and crops."""
+    crop (pixels identical to a full decode and crop, tested; 0.32 against 0.38 ms for the loader
+    benchmark's crops, 43% of the area on average); without it, torchvision decodes the whole image
+    and crops."""
     codec = _roi_decoder()
     if codec is not None:
         nvimgcodec, decoder = codec
@@ -154,39 +167,57 @@ def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Ten
 
 
 class RecordDataset(Dataset):
-    """Items are (record, epoch, position) from RankBatches; returns (uint8 CHW, label)."""
+    """Items are (record, epoch, position) from RankBatches. A batch of items comes back as one uint8
+    tensor (N x transform.shape, in shared memory when made in a worker, so it crosses to the
+    training process without a copy) and int64 labels; each sample is written into its slot."""
 
     def __init__(self, records: RecordSet, transform, seed: int = 0, pca_std: float = 0.0):
         self.records, self.transform, self.seed, self.pca_std = records, transform, seed, pca_std
         self._reported = set()
 
-    def _load(self, i: int, seed: int):
-        header, payload = recordio.unpack(self.records.read(i))
-        label = header.label if header.flag == 0 else header.label[0]
-        return self.transform(payload, seed), int(label)
-
-    def __getitem__(self, item):
+    def _fill(self, item, out: torch.Tensor) -> int:
         i, epoch, position = item
         seed = sample_seed(self.seed, epoch, position)
         for attempt in range(len(self.records)):
             j = (i + attempt) % len(self.records)
             try:
-                img, label = self._load(j, seed)
+                header, payload = recordio.unpack(self.records.read(j))
+                self.transform(payload, seed, out)
+                label = header.label if header.flag == 0 else header.label[0]
                 break
             except Exception as exc:  # a corrupt record must not kill a multi-day run
                 if j not in self._reported:
                     self._reported.add(j)
                     log.warning("corrupt record skipped (%s): %s; using the next record instead",
                                 self.records.where(j), exc)
+        else:
+            raise RuntimeError(f"no readable record in {self.records.where(i)} and all after it")
         if self.pca_std:
-            img = pca_lighting(img, self.pca_std,
-                               torch.Generator().manual_seed(sample_seed(self.seed, epoch, position, LIGHTING)))
-        if isinstance(img, (tuple, list)):  # ten-crop
-            img = torch.stack(list(img))
-        return img, label
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, position, LIGHTING))
+            out.copy_(pca_lighting(out, self.pca_std, g))
+        return int(label)
+
+    def __getitems__(self, items):
+        shape = (len(items), *self.transform.shape)
+        if get_worker_info() is not None:  # as default_collate does: allocate in shared memory
+            numel = math.prod(shape)
+            images = torch.empty(0, dtype=torch.uint8).set_(
+                torch.UntypedStorage._new_shared(numel)).view(shape)
+        else:
+            images = torch.empty(shape, dtype=torch.uint8)
+        labels = [self._fill(item, images[k]) for k, item in enumerate(items)]
+        return images, torch.tensor(labels, dtype=torch.int64)
+
+    def __getitem__(self, item):
+        images, labels = self.__getitems__([item])
+        return images[0], int(labels[0])
 
     def __len__(self):
         return len(self.records)
+
+
+def _as_is(batch):
+    return batch  # __getitems__ returns the batch already formed
 
 
 class TorchLoader:
@@ -197,7 +228,7 @@ class TorchLoader:
                  mean, std, channels_last=False, dtype=torch.float32, pca_std=0.0, seed=0):
         self.batches, self.device, self.dtype, self.channels_last = batches, device, dtype, channels_last
         dataset = RecordDataset(records, transform, seed, pca_std)
-        self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+        self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_is,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                                  prefetch_factor=4 if workers else None, worker_init_fn=_worker_init)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
@@ -214,15 +245,25 @@ class TorchLoader:
         return self.batches.num_samples
 
     def __iter__(self):
+        # with workers busy decoding on every core, the CPU normalisation runs on one thread:
+        # torch's threads would only wait for the cores (measured: 24 against 13 ms of CPU a batch)
+        one_thread = self.device.type == "cpu" and self.loader.num_workers > 0
         for images, labels in self.loader:
-            yield normalize(images, self.mean, self.inv_std, self.device, self.dtype,
-                            self.channels_last), labels.to(self.device, non_blocking=True)
+            threads = torch.get_num_threads()
+            if one_thread:
+                torch.set_num_threads(1)
+            try:
+                x = normalize(images, self.mean, self.inv_std, self.device, self.dtype, self.channels_last)
+            finally:
+                torch.set_num_threads(threads)
+            yield x, labels.to(self.device, non_blocking=True)
 
 
 def _worker_init(_worker_id):
     # workers share the terminal's process group: Ctrl-C is the training process's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 def normalize(images, mean, inv_std, device, dtype, channels_last):
