@@ -240,3 +240,55 @@ def test_train_transform_is_crop_flip_resize_of_the_decoded_image(size):
         assert (out.float() - ref.flip(-1)).abs().mean() > 5  # a wrong flip would be seen
         assert torch.equal(t(payload, seed), out)  # without a slot: the same pixels
     assert 0 < flips < 12
+
+
+def test_colour_jitter_and_pca_lighting_are_seeded_per_sample(data_dir):
+    """Both draw per sample from (seed, epoch, position): two loaders agree batch for batch, also from
+    a resume point with a different worker count, and the draws change the pixels."""
+    def batches(start=0, **kw):
+        loader = make(data_dir, "torch", color_jitter=0.4, pca_lighting=0.1, **kw)
+        loader.set_epoch(1, start)
+        return [x for x, _ in loader]
+    full, tail = batches(workers=2), batches(start=3, workers=0)
+    assert len(full) == len(tail) + 3 and all(torch.equal(a, b) for a, b in zip(full[3:], tail))
+    plain = make(data_dir, "torch", workers=0)
+    plain.set_epoch(1)
+    x0 = next(iter(plain))[0]
+    assert not torch.equal(x0, full[0]) and (x0 - full[0]).abs().mean() > 0.05
+
+
+def test_cpu_batches_are_reused_only_when_nothing_refers_to_them(data_dir):
+    """The CPU output pool: dropped batches' memory comes back; a batch still held (by a variable, a
+    view, or an autograd graph that saved it) is never overwritten."""
+    def epoch(**kw):
+        loader = make(data_dir, "torch", workers=0, **kw)
+        loader.set_epoch(0)
+        return loader
+    held = [x for x, _ in epoch()]  # every batch held: all distinct memory, values intact
+    assert len({x.data_ptr() for x in held}) == len(held)
+    ptrs = [x.data_ptr() for x, _ in epoch()]  # each dropped before the next: memory reused
+    assert len(set(ptrs)) <= 2 < len(ptrs)
+    views = [x[:, :1] for x, _ in epoch()]  # only a view kept
+    assert all(torch.equal(v, x[:, :1]) for v, x in zip(views, held))
+    conv = torch.nn.Conv2d(3, 4, 3)
+    it = iter(epoch())
+    out = conv(next(it)[0]).square().sum()  # the graph alone holds batch 0
+    for _ in range(3):
+        next(it)
+    out.backward()
+    ref = torch.nn.Conv2d(3, 4, 3)
+    ref.load_state_dict(conv.state_dict())
+    ref(held[0].clone()).square().sum().backward()
+    assert torch.equal(conv.weight.grad, ref.weight.grad)
+
+
+def test_cpu_normalisation_equals_the_device_formula():
+    """The OpenCV pass (CPU) and torch's ops (the GPU path, run here on the CPU) agree."""
+    from toolkit.data import torch_backend as tb
+    images = torch.randint(0, 256, (5, 3, 9, 11), dtype=torch.uint8)
+    mean, inv_std = torch.tensor([120.0, 110.0, 100.0]).view(1, 3, 1, 1), 1 / torch.tensor([60.0, 55.0, 50.0]).view(1, 3, 1, 1)
+    cpu = tb.normalize(images, mean, inv_std, torch.device("cpu"), torch.float32, False)
+    device_path = tb.normalize(images.transpose(2, 3).contiguous().transpose(2, 3), mean, inv_std,
+                               torch.device("cpu"), torch.float32, False)  # non-contiguous: torch ops
+    expected = (images.double() - mean.double()) * inv_std.double()
+    assert torch.allclose(cpu.double(), expected, atol=1e-5) and torch.allclose(cpu, device_path, atol=1e-5)

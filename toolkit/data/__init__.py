@@ -31,10 +31,9 @@ def choose_backend(backend: str, device: torch.device, ten_crop: bool = False) -
         return backend
     if ten_crop or not dali_available():
         return "torch"
-    # GPU: DALI decodes on the GPU (nvJPEG). CPU: tools/benchmark.py loader measured DALI about 1.1x
-    # the torch backend on a 2-core machine (README), but a CPU run is bound by the model step
-    # (tools/benchmark.py train: tens of images/s) and the torch backend is bit-exact across a stop
-    # and resume and replaces corrupt records, so it is the CPU default.
+    # GPU: DALI decodes on the GPU (nvJPEG). CPU: tools/benchmark.py loader measured the torch
+    # backend about 1.3x the DALI one on a 2-core machine (README); it is also bit-exact across a
+    # stop and resume and replaces corrupt records.
     return "dali" if device.type == "cuda" else "torch"
 
 
