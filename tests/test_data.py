@@ -292,3 +292,23 @@ def test_cpu_normalisation_equals_the_device_formula():
                                torch.device("cpu"), torch.float32, False)  # non-contiguous: torch ops
     expected = (images.double() - mean.double()) * inv_std.double()
     assert torch.allclose(cpu.double(), expected, atol=1e-5) and torch.allclose(cpu, device_path, atol=1e-5)
+
+
+def test_worker_batches_come_from_the_ring_and_an_abandoned_epoch_frees_its_slots(data_dir):
+    loader = make(data_dir, "torch", workers=2)
+    ring = loader.ring
+    assert ring is not None and ring.images.is_shared()
+    loader.set_epoch(0)
+    ring.new_generation()
+    raw = [images for images, _ in loader.loader]  # the DataLoader itself: slots, never released
+    assert len(raw) == len(loader) and all(isinstance(s, int) for s in raw) and len(set(raw)) == len(raw)
+    it = iter(loader)  # a new epoch abandoned after two batches, its prefetched batches in flight
+    next(it), next(it)
+    del it
+    reference = make(data_dir, "torch", workers=0)
+    for epoch in (1, 2):  # every slot comes free again: the epochs' batches are the right ones
+        reference.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        for (x, y), (rx, ry) in zip(loader, reference, strict=True):
+            assert torch.equal(x, rx) and torch.equal(y, ry)
+        assert not (ring.state[:-1] == ring.state[-1]).any()  # the epoch released every slot it took

@@ -110,7 +110,9 @@ class TrainTransform:
                 torch.manual_seed(seed)
                 out.copy_(self.jitter(torch.from_numpy(self._hwc).permute(2, 0, 1)))
         else:  # HWC -> CHW while the image is in cache: the batch then normalises in one pass
-            np.copyto(out.numpy(), self._hwc.transpose(2, 0, 1))
+            planes = list(out.numpy())
+            if cv2.split(self._hwc, planes)[0] is not planes[0]:  # OpenCV wrote elsewhere
+                np.copyto(out.numpy(), self._hwc.transpose(2, 0, 1))
         return out
 
 
@@ -130,7 +132,9 @@ def _roi_decoder():
             from nvidia import nvimgcodec
             _NVIMGCODEC[pid] = (nvimgcodec, nvimgcodec.Decoder(
                 device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]))
+                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]),
+                # as torchvision.io decodes (evaluation, other backends): EXIF orientation not applied
+                nvimgcodec.DecodeParams(apply_exif_orientation=False))
         except Exception:  # not installed (no DALI on this platform) or no CPU backend
             _NVIMGCODEC[pid] = None
     return _NVIMGCODEC[pid]
@@ -144,13 +148,11 @@ def decode_crop(payload: bytes, crop_box) -> torch.Tensor:
     and crops."""
     codec = _roi_decoder()
     if codec is not None:
-        nvimgcodec, decoder = codec
+        nvimgcodec, decoder, params = codec
         stream = nvimgcodec.CodeStream(payload)
         top, left, h, w = crop_box(stream.height, stream.width)
         region = nvimgcodec.Region(top, left, top + h, left + w)
-        # as torchvision.io decodes (evaluation, other backends): EXIF orientation not applied
-        img = decoder.decode(stream.get_sub_code_stream(region=region),
-                             params=nvimgcodec.DecodeParams(apply_exif_orientation=False))
+        img = decoder.decode(stream.get_sub_code_stream(region=region), params=params)
         if img is None:
             raise RuntimeError("nvImageCodec could not decode the image")
         hwc = torch.from_numpy(np.asarray(img.cpu()))
@@ -169,11 +171,13 @@ def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Ten
 
 class RecordDataset(Dataset):
     """Items are (record, epoch, position) from RankBatches. A batch of items comes back as one uint8
-    tensor (N x transform.shape, in shared memory when made in a worker, so it crosses to the
-    training process without a copy) and int64 labels; each sample is written into its slot."""
+    tensor (N x transform.shape; in a worker, a slot of the BatchRing or fresh shared memory, so it
+    crosses to the training process without a copy) and int64 labels; each sample is written into
+    its place in the batch."""
 
-    def __init__(self, records: RecordSet, transform, seed: int = 0, pca_std: float = 0.0):
+    def __init__(self, records: RecordSet, transform, seed: int = 0, pca_std: float = 0.0, ring=None):
         self.records, self.transform, self.seed, self.pca_std = records, transform, seed, pca_std
+        self.ring = ring
         self._reported = set()
 
     def _fill(self, item, out: torch.Tensor) -> int:
@@ -199,15 +203,19 @@ class RecordDataset(Dataset):
         return int(label)
 
     def __getitems__(self, items):
-        shape = (len(items), *self.transform.shape)
-        if get_worker_info() is not None:  # as default_collate does: allocate in shared memory
-            numel = math.prod(shape)
+        """In a worker with a free ring slot: (slot, labels); otherwise (images, labels)."""
+        worker, ring = get_worker_info(), self.ring
+        slot = ring.take(worker.id) if ring is not None and worker is not None else None
+        if slot is not None:
+            images = ring.images[slot, :len(items)]
+        elif worker is not None:  # as default_collate does: allocate in shared memory
+            shape = (len(items), *self.transform.shape)
             images = torch.empty(0, dtype=torch.uint8).set_(
-                torch.UntypedStorage._new_shared(numel)).view(shape)
+                torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
         else:
-            images = torch.empty(shape, dtype=torch.uint8)
-        labels = [self._fill(item, images[k]) for k, item in enumerate(items)]
-        return images, torch.tensor(labels, dtype=torch.int64)
+            images = torch.empty((len(items), *self.transform.shape), dtype=torch.uint8)
+        labels = torch.tensor([self._fill(item, images[k]) for k, item in enumerate(items)], dtype=torch.int64)
+        return (images if slot is None else slot), labels
 
     def __getitem__(self, item):
         images, labels = self.__getitems__([item])
@@ -228,10 +236,14 @@ class TorchLoader:
     def __init__(self, records: RecordSet, batches: RankBatches, transform, device, workers: int,
                  mean, std, channels_last=False, dtype=torch.float32, pca_std=0.0, seed=0):
         self.batches, self.device, self.dtype, self.channels_last = batches, device, dtype, channels_last
-        dataset = RecordDataset(records, transform, seed, pca_std)
+        prefetch = 4 if workers else None
+        # CPU training: batch memory made once and reused (GPU: the pin-memory thread copies batches)
+        self.ring = BatchRing.make(workers, prefetch + 1, (batches.batch_size, *transform.shape)) \
+            if workers and device.type == "cpu" else None
+        dataset = RecordDataset(records, transform, seed, pca_std, self.ring)
         self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_is,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                                 prefetch_factor=4 if workers else None, worker_init_fn=_worker_init)
+                                 prefetch_factor=prefetch, worker_init_fn=_worker_init)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.outputs = OutputPool()
@@ -250,7 +262,12 @@ class TorchLoader:
         # with workers busy decoding on every core, the CPU normalisation runs on one thread:
         # torch's threads would only wait for the cores (measured: 24 against 13 ms of CPU a batch)
         one_thread = self.device.type == "cpu" and self.loader.num_workers > 0
+        if self.ring is not None:
+            self.ring.new_generation()  # before the DataLoader drains an abandoned epoch's batches
         for images, labels in self.loader:
+            slot = None
+            if isinstance(images, int):
+                slot, images = images, self.ring.images[images, :len(labels)]
             threads = torch.get_num_threads()
             if one_thread:
                 torch.set_num_threads(1)
@@ -259,7 +276,54 @@ class TorchLoader:
                               self.outputs)
             finally:
                 torch.set_num_threads(threads)
+                if slot is not None:
+                    self.ring.release(slot)
             yield x, labels.to(self.device, non_blocking=True)
+
+
+class BatchRing:
+    """uint8 batches in shared memory, made once and reused: each worker owns `slots` of them.
+
+    A fresh shared-memory batch costs its pages faulted in the worker and mapped in the training
+    process, about 15% of the loader's time (tools/benchmark.py loader, CPU). Hand-written because
+    DataLoader has no such reuse. state[j] is the generation that holds slot j (0: free), state[-1]
+    the current generation: the training process releases a slot right after normalising it, and
+    starts a new generation with each epoch's iterator, so slots of batches an abandoned epoch left
+    in flight (the DataLoader drains and drops them) come free again. A worker writes only its own
+    slots and takes tasks in order, so a slot it takes is never still being written. With no slot
+    free (a consumer holding batches up), the worker falls back to fresh shared memory."""
+
+    def __init__(self, workers: int, slots: int, shape):
+        self.slots = slots
+        self.images = torch.empty((workers * slots, *shape), dtype=torch.uint8).share_memory_()
+        self.state = torch.zeros(workers * slots + 1, dtype=torch.int64).share_memory_()
+
+    @classmethod
+    def make(cls, workers: int, slots: int, shape):
+        """A ring, or None where it would take more than half the free shared memory (/dev/shm is
+        often small in containers, and running out of it there is a SIGBUS, not an exception)."""
+        need = workers * slots * math.prod(shape)
+        try:
+            st = os.statvfs("/dev/shm")
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            return None
+        return cls(workers, slots, shape) if need < free // 2 else None
+
+    def new_generation(self):
+        self.state[-1] += 1
+
+    def take(self, worker: int):
+        state = self.state.numpy()
+        generation = state[-1]
+        for j in range(worker * self.slots, (worker + 1) * self.slots):
+            if state[j] != generation:  # free, or held by a batch of an abandoned epoch
+                state[j] = generation
+                return j
+        return None
+
+    def release(self, slot: int):
+        self.state.numpy()[slot] = 0
 
 
 def _worker_init(_worker_id):
