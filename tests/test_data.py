@@ -286,7 +286,8 @@ def test_cpu_normalisation_equals_the_device_formula():
     """The OpenCV pass (CPU) and torch's ops (the GPU path, run here on the CPU) agree."""
     from toolkit.data import torch_backend as tb
     images = torch.randint(0, 256, (5, 3, 9, 11), dtype=torch.uint8)
-    mean, inv_std = torch.tensor([120.0, 110.0, 100.0]).view(1, 3, 1, 1), 1 / torch.tensor([60.0, 55.0, 50.0]).view(1, 3, 1, 1)
+    mean = torch.tensor([120.0, 110.0, 100.0]).view(1, 3, 1, 1)
+    inv_std = 1 / torch.tensor([60.0, 55.0, 50.0]).view(1, 3, 1, 1)
     cpu = tb.normalize(images, mean, inv_std, torch.device("cpu"), torch.float32, False)
     device_path = tb.normalize(images.transpose(2, 3).contiguous().transpose(2, 3), mean, inv_std,
                                torch.device("cpu"), torch.float32, False)  # non-contiguous: torch ops

@@ -214,7 +214,8 @@ class RecordDataset(Dataset):
                 torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
         else:
             images = torch.empty((len(items), *self.transform.shape), dtype=torch.uint8)
-        labels = torch.tensor([self._fill(item, images[k]) for k, item in enumerate(items)], dtype=torch.int64)
+        labels = [self._fill(item, images[k]) for k, item in enumerate(items)]
+        labels = torch.tensor(labels, dtype=torch.int64)
         return (images if slot is None else slot), labels
 
     def __getitem__(self, item):
@@ -363,6 +364,19 @@ class OutputPool:
         return t.view(shape)
 
 
+def _normalize_cpu(x, mean, inv_std, outputs):
+    """The OpenCV pass, or None where OpenCV would not write in place (torch's ops then)."""
+    scale, shift = inv_std.flatten().tolist(), (-mean * inv_std).flatten().tolist()
+    out = outputs.view(x.shape) if outputs is not None else torch.empty(x.shape)
+    src, dst = x.numpy().reshape(len(x), 3, -1), out.numpy().reshape(len(x), 3, -1)
+    for c in range(3):
+        plane = dst[:, c]
+        done = cv2.addWeighted(src[:, c], scale[c], src[:, c], 0.0, shift[c], dst=plane, dtype=cv2.CV_32F)
+        if done is not plane:
+            return None
+    return out
+
+
 def normalize(images, mean, inv_std, device, dtype, channels_last, outputs: OutputPool = None):
     """uint8 batch -> normalised float on the device, after the batch is formed: x * (1/std) - mean/std.
 
@@ -373,12 +387,9 @@ def normalize(images, mean, inv_std, device, dtype, channels_last, outputs: Outp
     x = images.to(device, non_blocking=True)
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
-    if x.device.type == "cpu" and x.is_contiguous():
-        scale, shift = inv_std.flatten().tolist(), (-mean * inv_std).flatten().tolist()
-        out = outputs.view(x.shape) if outputs is not None else torch.empty(x.shape)
-        src, dst = x.numpy().reshape(len(x), 3, -1), out.numpy().reshape(len(x), 3, -1)
-        for c in range(3):
-            cv2.addWeighted(src[:, c], scale[c], src[:, c], 0.0, shift[c], dst=dst[:, c], dtype=cv2.CV_32F)
+    cpu = x.device.type == "cpu" and x.is_contiguous() and len(x)
+    out = _normalize_cpu(x, mean, inv_std, outputs) if cpu else None
+    if out is not None:
         x = out.contiguous(memory_format=torch.channels_last) if channels_last else out
     else:
         if channels_last:
