@@ -59,7 +59,9 @@ def _transform(img: np.ndarray, opts: PackOptions) -> np.ndarray:
     if opts.resize:
         # MXNet's integer arithmetic for the long side, so sizes match its records
         size = (h * opts.resize // w, opts.resize) if h > w else (opts.resize, w * opts.resize // h)
-        img = imageops.resize(img, *size)
+        # MXNet's bilinear for mild shrinks (500x375 -> 256: 0.23 ms; OpenCV's area averaging at such
+        # fractional factors costs 0.95 ms), area averaging from 2x, where bilinear would skip pixels
+        img = imageops.resize(img, *size, area_from=2.0)
     return img
 
 
