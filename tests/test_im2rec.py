@@ -147,8 +147,14 @@ def test_verify_reports_truncation_and_rebuilds_missing_index(shapes, tmp_path):
     assert report.records == 23 and any(f"offset {last} is past the end" in p for p in report.problems)
 
 
-def test_killed_pack_leaves_nothing_under_final_names(tmp_path):
-    root = toy.make_toy_images(str(tmp_path / "imgs"), images_per_class=150, num_classes=4)
+@pytest.fixture(scope="module")
+def many_images(tmp_path_factory):
+    """600 toy images: packing them as 300 px PNGs takes seconds, time to interrupt it."""
+    return toy.make_toy_images(str(tmp_path_factory.mktemp("many")), images_per_class=150, num_classes=4)
+
+
+def test_killed_pack_leaves_nothing_under_final_names(tmp_path, many_images):
+    root = many_images
     lists.make_lists(str(tmp_path / "k"), root, recursive=True)
     proc = subprocess.Popen([sys.executable, IM2REC, "--resize", "300", "--encoding", ".png",
                              str(tmp_path / "k"), root], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -161,6 +167,26 @@ def test_killed_pack_leaves_nothing_under_final_names(tmp_path):
     left = os.listdir(tmp_path)
     assert any(".k.rec.tmp" in f for f in left), left  # it was killed mid-write
     assert not {"k.rec", "k.idx", "k.mean_std.json"} & set(left)
+
+
+def test_ctrl_c_stops_the_workers_and_removes_the_partial_file(tmp_path, many_images):
+    root = many_images
+    lists.make_lists(str(tmp_path / "k"), root, recursive=True)
+    proc = subprocess.Popen([sys.executable, IM2REC, "--resize", "300", "--encoding", ".png", "--num-thread",
+                             "2", str(tmp_path / "k"), root], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(".k.rec.tmp" in f for f in os.listdir(tmp_path)):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the tool and its workers
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip().startswith("interrupted:") and "Traceback" not in err
+    assert not {"k.rec", "k.idx", "k.mean_std.json"} & set(os.listdir(tmp_path))
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker left behind in the group
+        os.killpg(proc.pid, 0)
 
 
 def test_toy_dataset_is_deterministic_and_varied(tmp_path):

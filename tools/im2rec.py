@@ -99,6 +99,10 @@ def main(argv=None):
     except UserError as e:
         print(f"Error: {e.message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted: files already complete are kept; the one being written was removed",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

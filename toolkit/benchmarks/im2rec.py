@@ -7,6 +7,7 @@ and rate = (N_full - N_small) / (T_full - T_small), so interpreter start-up and 
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -44,8 +45,10 @@ def _rate(tool_cmd, src: str, work: str, lists_by_n: dict, threads: int) -> floa
 @click.option("--threads", default="1,2", show_default=True, help="Comma-separated thread counts.")
 @click.option("--data", default="bench-data/im2rec", show_default=True, help="Cache folder.")
 @click.option("--mxnet-python", default=os.path.join(REPO, ".mxnet-venv/bin/python"), show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Measurements per tool and thread count, taken in turn; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object.")
-def cli(images, threads, data, mxnet_python, as_json):
+def cli(images, threads, data, mxnet_python, rounds, as_json):
     """Pack ImageNet-like JPEGs (about 500x375) with ours and MXNet's im2rec; print images/s."""
     src = imagenet_like_folder(os.path.join(data, "src"), n=images)
     work = os.path.join(data, "work")
@@ -59,11 +62,18 @@ def cli(images, threads, data, mxnet_python, as_json):
                            "lib/python3.11/site-packages/mxnet/tools/im2rec.py")
     tools = {"ours": [sys.executable, os.path.join(REPO, "tools/im2rec.py")],
              "mxnet": [mxnet_python, mx_tool]}
-    result = {"images": len(items)}
-    for t in [int(x) for x in threads.split(",")]:
-        for name, cmd in tools.items():
-            result[f"{name}_{t}t"] = round(_rate(cmd, src, work, lists_by_n, t), 1)
-            print(f"{name:5s} {t} thread(s): {result[f'{name}_{t}t']:8.1f} images/s", flush=True)
+    result = {"images": len(items), "rounds": rounds}
+    counts = [int(x) for x in threads.split(",")]
+    # every tool and thread count once per round, in turn: machine noise spreads over all of them
+    rates = {(name, t): [] for t in counts for name in tools}
+    for _ in range(rounds):
+        for (name, t), got in rates.items():
+            got.append(_rate(tools[name], src, work, lists_by_n, t))
+    for t in counts:
+        for name in tools:
+            result[f"{name}_{t}t"] = round(statistics.median(rates[name, t]), 1)
+            spread = ", ".join(f"{r:.0f}" for r in rates[name, t])
+            print(f"{name:5s} {t} thread(s): {result[f'{name}_{t}t']:8.1f} images/s (median of {spread})")
         result[f"ratio_ours_vs_mxnet_{t}t"] = round(result[f"ours_{t}t"] / result[f"mxnet_{t}t"], 2)
         print(f"ours / mxnet at {t} thread(s): {result[f'ratio_ours_vs_mxnet_{t}t']:.2f}x")
     ts = sorted(int(x) for x in threads.split(","))
