@@ -3,8 +3,8 @@
 Decode, crop, resize and encode run in worker processes with OpenCV (libjpeg-turbo) and MXNet's
 decode flags and encoder settings; records are written in list order whatever the worker count,
 never more than the in-flight images are held in memory, and every output appears under its final
-name only when complete. Beyond MXNet: `num_shards` splits one list into NAME-00000.rec/.idx ..., and the
-per-channel RGB mean/std of the stored images is written to NAME.mean_std.json.
+name only when complete. Beyond MXNet: `num_shards` splits one list into NAME-00000.rec/.idx ...,
+and the per-channel RGB mean/std of the stored images is written to NAME.mean_std.json.
 """
 import collections
 import dataclasses
