@@ -111,6 +111,14 @@ def test_malformed_list_line_names_file_and_line(shapes, tmp_path):
     assert not (tmp_path / "bad.rec").exists()
 
 
+def test_out_of_range_jpeg_quality_is_one_clear_error(shapes, tmp_path):
+    lists.make_lists(str(tmp_path / "q"), shapes, recursive=True)
+    run = run_tool(IM2REC, "--quality", "150", tmp_path / "q", shapes, check=False)
+    assert run.returncode == 2 and run.stderr.strip() == \
+        "Error: --quality 150: JPEG quality runs from 1 to 100 (MXNet's default: 95)"
+    assert not (tmp_path / "q.rec").exists()
+
+
 def test_read_list_accepts_integer_labels_and_any_whitespace(tmp_path):
     (tmp_path / "x.lst").write_text("3\t2\tdog/a.jpg\n7 1  0.5   cat/b.jpg\n\n")
     items = list(lists.read_list(str(tmp_path / "x.lst")))

@@ -225,4 +225,6 @@ def pack_prefix(prefix: str, root: str, opts: PackOptions) -> List[PackResult]:
         raise UserError(f"{root}: image folder not found")
     if opts.encoding not in (".jpg", ".png"):
         raise UserError(f"--encoding {opts.encoding}: use .jpg or .png")
+    if opts.encoding == ".jpg" and not opts.pass_through and not 1 <= opts.quality <= 100:
+        raise UserError(f"--quality {opts.quality}: JPEG quality runs from 1 to 100 (MXNet's default: 95)")
     return [pack_list(lst, root, opts) for lst in lists]

@@ -39,8 +39,9 @@ def parse_args(argv=None):
     g.add_argument("--pass-through", action="store_true")
     g.add_argument("--resize", type=int, default=0)
     g.add_argument("--center-crop", action="store_true")
-    g.add_argument("--quality", type=int, default=95)
-    g.add_argument("--num-thread", type=int, default=1)
+    g.add_argument("--quality", type=int, default=95,
+                   help="JPEG quality 1-100, or PNG compression 0-9 (larger values mean 9, as in MXNet)")
+    g.add_argument("--num-thread", type=int, default=1, help="worker processes (1: this process)")
     g.add_argument("--color", type=int, default=1, choices=[-1, 0, 1])
     g.add_argument("--encoding", default=".jpg", choices=[".jpg", ".png"])
     g.add_argument("--pack-label", action="store_true")

@@ -38,7 +38,8 @@ def eval_resize_for(image_size: int, eval_resize) -> int:
 
 def build_transform(train: bool, image_size: int, eval_resize=None, ten_crop=False, color_jitter=0.0,
                     min_scale=0.08):
-    """A callable (uint8 CHW image, seed) -> uint8 image (or the ten crops)."""
+    """A callable (JPEG bytes, seed, out=None) -> uint8 image of its `.shape`, written into `out`
+    (a slot of the batch) when given."""
     if train:
         return TrainTransform(image_size, min_scale, color_jitter)
     crop = T.TenCrop(image_size) if ten_crop else T.CenterCrop(image_size)
