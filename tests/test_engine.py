@@ -233,3 +233,49 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path):
     # MXNet's flag names work too: --load-epoch (resume.py), --num-epochs (train.py, above)
     proc = run_tool("tools/resume.py", "--load-epoch", "7", "--checkpoints-dir", ck, check=False)
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr and "epochs saved: 1" in proc.stderr
+
+
+def test_train_and_val_split_flags_choose_the_record_files(tmp_path):
+    from toolkit import recordio
+    data = tmp_path / "d"
+    data.mkdir()
+    with recordio.IndexedRecordWriter(str(data / "x_train.idx"), str(data / "x_train.rec")) as w:
+        w.write_idx(0, recordio.pack((0, 0.0, 0, 0), b"\xff\xd8"))
+    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--train-split", "trainval",
+                    "--checkpoints-dir", tmp_path / "ck", "--logs-dir", tmp_path / "logs", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(
+        f"Error: {data}: no .rec files for split 'trainval' (found: x_train); "
+        "a split S is S.rec, NAME_S.rec or S-00000.rec")
+
+
+def test_resume_takes_optimizer_state_from_the_checkpoint_and_hyperparameters_from_the_flags(tmp_path):
+    import logging
+    from toolkit.benchmarks.train import SyntheticLoader, make_batches
+    from toolkit.engine import dist
+    from toolkit.engine.trainer import Trainer
+    c = make_config("resnet20", batch_size=4, epochs=1, num_classes=10, data="synthetic",
+                    checkpoints_dir=str(tmp_path), prefix="o")
+    env = dist.setup()
+    loader = SyntheticLoader(make_batches(c, env.device), steps=2)
+    Trainer(c, env, logging.getLogger("test"), loaders=(loader, None)).fit()
+    state = checkpoint.load(str(tmp_path / "o-0001.pt"))
+    c2 = override(c, epochs=2, momentum=0.5, weight_decay=0.0, amp="fp16")  # fp16: no scaler state saved
+    t = Trainer(c2, env, logging.getLogger("test"), state=state, loaders=(loader, None))
+    assert [g["momentum"] for g in t.optimizer.param_groups] == [0.5, 0.5]
+    assert [g["weight_decay"] for g in t.optimizer.param_groups] == [0.0, 0.0]
+    assert t.optimizer.state  # the momentum buffers came back
+    with pytest.raises(UserError, match=r"--optimizer: the checkpoint's optimizer state is for optimizer=sgd"):
+        Trainer(override(c, epochs=2, optimizer="adam"), env, logging.getLogger("test"), state=state,
+                loaders=(loader, None))
+
+
+def test_fewer_classes_than_the_dataset_lists_is_one_clear_error(tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "classes.tsv").write_text("0\ta\n1\tb\n2\tc\n")
+    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--num-classes", "2",
+                    "--checkpoints-dir", tmp_path / "ck", "--logs-dir", tmp_path / "logs", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(
+        f"Error: --num-classes 2: {data}/classes.tsv lists 3 classes; leave the flag out to use them all")

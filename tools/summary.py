@@ -14,7 +14,7 @@ from toolkit.summary import format_table, summarize
 
 
 @click.command()
-@click.option("--recipe", required=True, help="Recipe name (see --list).")
+@click.option("--recipe", required=True, help="Recipe name (the README lists them).")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object.")
 def main(recipe, as_json, **params):

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from toolkit.cli import model_kwargs, model_options, train_options
+from toolkit.cli import model_options, train_options
 from toolkit.engine.config import make_config
 from toolkit.engine.run import run
 
@@ -21,9 +21,7 @@ from toolkit.engine.run import run
 @model_options
 @train_options
 def main(recipe, **params):
-    model = model_kwargs(params)
-    train = {k: v for k, v in params.items() if k not in model}
-    sys.exit(run(make_config(recipe, **model, **train)))
+    sys.exit(run(make_config(recipe, **params)))  # flags left unset (None) keep the recipe's values
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def choose_backend(backend: str, device: torch.device, ten_crop: bool = False) -
     if ten_crop or not dali_available():
         return "torch"
     # GPU: DALI decodes on the GPU (nvJPEG). CPU: tools/benchmark.py loader measured the torch
-    # backend about 1.9x the DALI one on a 2-core machine (README); it is also bit-exact across a
+    # backend about 1.7x the DALI one on a 2-core machine (README); it is also bit-exact across a
     # stop and resume and replaces corrupt records.
     return "dali" if device.type == "cuda" else "torch"
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
-from toolkit.cli import AMP, MODEL_KEYS, OPTIMIZERS, SCHEDULES
+from toolkit.cli import AMP, OPTIMIZERS, SCHEDULES, model_kwargs
 from toolkit.errors import UserError
 from toolkit.registry import get_recipe
 
@@ -66,7 +66,7 @@ class TrainConfig:
     keep_last: int = 0                   # 0: keep every epoch checkpoint
 
     def model_kwargs(self) -> dict:
-        return {k: getattr(self, k) for k in MODEL_KEYS if getattr(self, k) is not None}
+        return model_kwargs(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -7,6 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from toolkit.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class DistEnv:
@@ -26,6 +28,9 @@ def setup() -> DistEnv:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise UserError(f"process {local_rank} of this node has no GPU: the node has "
+                        f"{torch.cuda.device_count()}; use torchrun --nproc_per_node={torch.cuda.device_count()}")
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

@@ -33,10 +33,13 @@ class NonFiniteLoss(UserError):
 
 
 def resolve_num_classes(cfg: TrainConfig) -> TrainConfig:
-    if cfg.num_classes:
-        return cfg
     info = dataset_info(cfg.data)
-    return override(cfg, num_classes=info.num_classes or 1000)
+    if not cfg.num_classes:
+        return override(cfg, num_classes=info.num_classes or 1000)
+    if info.num_classes and cfg.num_classes < info.num_classes:  # labels would index past the logits
+        raise UserError(f"--num-classes {cfg.num_classes}: {cfg.data}/classes.tsv lists {info.num_classes} "
+                        "classes; leave the flag out to use them all")
+    return cfg
 
 
 def _loader_args(cfg: TrainConfig, env, backend=None, workers=None) -> dict:
@@ -135,8 +138,20 @@ class Trainer:
 
     def _restore(self, state):
         self.model.load_state_dict(state["model"])
+        saved = state.get("config", {})
+        for key, flag in (("optimizer", "--optimizer"), ("wd_on_bn_bias", "--wd-on-bn-bias")):
+            if saved.get(key, getattr(self.cfg, key)) != getattr(self.cfg, key):
+                raise UserError(f"{flag}: the checkpoint's optimizer state is for {key}={saved[key]}, not "
+                                f"{getattr(self.cfg, key)}; keep it when resuming, or start a new run with "
+                                "tools/train.py --prefix NAME")
+        # the optimizer's state (momentum buffers, moments) from the checkpoint, its hyper-parameters
+        # (momentum, nesterov, weight decay: possibly changed on the command line) from the config
+        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        for group, values in zip(self.optimizer.param_groups, fresh):
+            group.update(values)
+        if state["scaler"]:  # empty when the run was not fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch = self._remap_batch(state)
         if self.batch and state.get("world_size") == self.env.world:
