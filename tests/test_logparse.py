@@ -1,7 +1,6 @@
 """toolkit.logparse / plots and tools/plot_log.py: MXNet 1.9.1's own logs, every era and trap of
 shared/docs/formats.md §5, a round trip through our trainer, MXNet's parse_log.py as the oracle."""
 import math
-import pathlib
 import re
 import shutil
 import subprocess
@@ -14,12 +13,12 @@ import pytest
 import toolkit.logparse as lp
 from tests.conftest import REPO
 from tests.helpers import run_tool
+from toolkit.benchmarks.oracle import mxnet_tool
 from toolkit.errors import UserError
 from toolkit.logparse import mxnet_markdown, parse_logs
 from toolkit.plots import plot_run
 
 PLOT_LOG = REPO / "tools" / "plot_log.py"
-MX_PARSE_LOG = "lib/python3.11/site-packages/mxnet/tools/parse_log.py"
 END_RE = re.compile(r"Epoch\[(\d+)\] (?:(Train|Validation)-(\S+?)=([\d.]+)|Time cost=([\d.]+))$", re.M)
 BATCH_RE = re.compile(r"Epoch\[(\d+)\] Batch \[(\d+)-(\d+)\]\tSpeed: ([\d.]+) samples/sec\t(.*)$", re.M)
 
@@ -278,7 +277,7 @@ def test_plot_run_without_validation_or_top5(tmp_path):
 
 @pytest.mark.oracle
 def test_markdown_equals_mxnet_parse_log(run, mxnet191, mxnet_python, tmp_path):
-    mx_tool = str(pathlib.Path(mxnet_python).parents[1] / MX_PARSE_LOG)
+    mx_tool = mxnet_tool(mxnet_python, "parse_log.py")
     for log in (run / "first.log", mxnet191 / "logs" / "module_training_0.log", mxnet191 / "logs" / "module_training_2.log"):
         theirs = subprocess.run([mxnet_python, mx_tool, str(log)], capture_output=True, text=True, check=True).stdout
         ours = run_tool(PLOT_LOG, log, "--format", "markdown", "--out", tmp_path / "x.png").stdout

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision.io as tvio
 
-from tests.conftest import MXNET_PYTHON
 from toolkit import im2rec, lists, recordio, toy
+from toolkit.benchmarks.oracle import mxnet_tool
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
@@ -63,7 +63,7 @@ def test_mxnet_reads_our_shards(mxnet_python, images, tmp_path):
 
 
 def test_we_read_mxnet_im2rec_output(mxnet_python, images, tmp_path):
-    tool = MXNET_PYTHON.replace("bin/python", "lib/python3.11/site-packages/mxnet/tools/im2rec.py")
+    tool = mxnet_tool(mxnet_python, "im2rec.py")
     subprocess.run([mxnet_python, tool, "--list", "--recursive", str(tmp_path / "m"), images],
                    check=True, capture_output=True)
     subprocess.run([mxnet_python, tool, "--num-thread", "2", str(tmp_path / "m"), images],

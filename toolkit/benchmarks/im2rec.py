@@ -8,22 +8,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 
 import click
 
 from toolkit.benchmarks.images import imagenet_like_folder
+from toolkit.benchmarks.oracle import MXNET_PYTHON, REPO, mxnet_tool, timed_run
 from toolkit.lists import make_lists, read_list, write_list
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _timed(cmd) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
 
 
 def _rate(tool_cmd, src: str, work: str, lists_by_n: dict, threads: int) -> float:
@@ -32,7 +24,7 @@ def _rate(tool_cmd, src: str, work: str, lists_by_n: dict, threads: int) -> floa
         # "small" and "full": neither is a prefix of the other (im2rec packs every PREFIX*.lst)
         prefix = os.path.join(work, "run", "small" if n == min(lists_by_n) else "full")
         shutil.copy(lst, prefix + ".lst")
-        times[n] = _timed(tool_cmd + ["--resize", "256", "--quality", "95", "--num-thread",
+        times[n] = timed_run(tool_cmd + ["--resize", "256", "--quality", "95", "--num-thread",
                                       str(threads), prefix, src])
         for ext in (".rec", ".idx"):
             os.remove(prefix + ext)
@@ -40,17 +32,29 @@ def _rate(tool_cmd, src: str, work: str, lists_by_n: dict, threads: int) -> floa
     return (big - small) / max(t_big - t_small, 1e-9)
 
 
+def _thread_counts(ctx, param, value):
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{value!r}: expected thread counts like 1,2")
+    return counts
+
+
 @click.command()
 @click.option("--images", type=click.IntRange(min=200), default=2000, show_default=True)
-@click.option("--threads", default="1,2", show_default=True, help="Comma-separated thread counts.")
+@click.option("--threads", default="1,2", show_default=True, callback=_thread_counts,
+              help="Comma-separated thread counts.")
 @click.option("--data", default="bench-data/im2rec", show_default=True, help="Cache folder.")
-@click.option("--mxnet-python", default=os.path.join(REPO, ".mxnet-venv/bin/python"), show_default=True)
+@click.option("--mxnet-python", default=MXNET_PYTHON, show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Measurements per tool and thread count, taken in turn; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object.")
 def cli(images, threads, data, mxnet_python, rounds, as_json):
     """Pack ImageNet-like JPEGs (about 500x375) with ours and MXNet's im2rec; print images/s."""
-    src = imagenet_like_folder(os.path.join(data, "src"), n=images)
+    mx_tool = mxnet_tool(mxnet_python, "im2rec.py")
+    src = imagenet_like_folder(os.path.join(data, f"src-{images}"), n=images)
     work = os.path.join(data, "work")
     os.makedirs(os.path.join(work, "run"), exist_ok=True)
     make_lists(os.path.join(work, "all"), src, recursive=True)
@@ -58,12 +62,10 @@ def cli(images, threads, data, mxnet_python, rounds, as_json):
     small = max(50, images // 10)
     write_list(os.path.join(work, "small.lst"), items[:small])
     lists_by_n = {small: os.path.join(work, "small.lst"), len(items): os.path.join(work, "all.lst")}
-    mx_tool = os.path.join(os.path.dirname(os.path.dirname(mxnet_python)),
-                           "lib/python3.11/site-packages/mxnet/tools/im2rec.py")
     tools = {"ours": [sys.executable, os.path.join(REPO, "tools/im2rec.py")],
              "mxnet": [mxnet_python, mx_tool]}
     result = {"images": len(items), "rounds": rounds}
-    counts = [int(x) for x in threads.split(",")]
+    counts = threads
     # every tool and thread count once per round, in turn: machine noise spreads over all of them
     rates = {(name, t): [] for t in counts for name in tools}
     for _ in range(rounds):
@@ -76,7 +78,7 @@ def cli(images, threads, data, mxnet_python, rounds, as_json):
             print(f"{name:5s} {t} thread(s): {result[f'{name}_{t}t']:8.1f} images/s (median of {spread})")
         result[f"ratio_ours_vs_mxnet_{t}t"] = round(result[f"ours_{t}t"] / result[f"mxnet_{t}t"], 2)
         print(f"ours / mxnet at {t} thread(s): {result[f'ratio_ours_vs_mxnet_{t}t']:.2f}x")
-    ts = sorted(int(x) for x in threads.split(","))
+    ts = sorted(counts)
     if len(ts) > 1:
         result["ours_scaling"] = round(result[f"ours_{ts[-1]}t"] / result[f"ours_{ts[0]}t"], 2)
         print(f"ours {ts[-1]} threads / {ts[0]} thread: {result['ours_scaling']:.2f}x")

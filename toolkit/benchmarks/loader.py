@@ -15,17 +15,17 @@ import click
 import torch
 
 from toolkit.benchmarks.images import imagenet_like_folder
-from toolkit.data import build_loader, open_split
+from toolkit.data import build_loader, dali_available, open_split
+from toolkit.data.discovery import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
-STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+MEAN, STD = list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
 def default_dataset(root: str, n: int):
     """bench-data/loader: the JPEG folder and its train shards (built once)."""
     from toolkit.im2rec import PackOptions, pack_list
     from toolkit.lists import make_lists
-    src = imagenet_like_folder(os.path.join(root, "src"), n=n)
+    src = imagenet_like_folder(os.path.join(root, f"src-{n}"), n=n)
     data = os.path.join(root, f"packed-{n}")
     if not os.path.exists(os.path.join(data, "bench_train.idx")):
         os.makedirs(data, exist_ok=True)
@@ -151,7 +151,7 @@ def decode_only(data, split, workers, seconds):
 @click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Loader workers / DALI threads / decode processes.")
-@click.option("--seconds", type=float, default=10.0, show_default=True, help="Measured time per loader.")
+@click.option("--seconds", type=click.FloatRange(min=1), default=10.0, show_default=True, help="Measured time per loader.")
 @click.option("--images", type=click.IntRange(min=200), default=2000, show_default=True,
               help="Generated images (without --data).")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
@@ -168,12 +168,12 @@ def cli(data, split, backend, batch_size, image_size, workers, seconds, images, 
         src, data = default_dataset(cache, images)
     result = {"data": data, "records": len(open_split(data, split)), "batch_size": batch_size,
               "image_size": image_size, "workers": workers, "cpus": os.cpu_count()}
-    backends = ["torch", "dali"] if backend == "both" else [backend]
+    backends = (["torch", "dali"] if dali_available() else ["torch"]) if backend == "both" else [backend]
     streams = {b: ours(data, split, b, batch_size, image_size, workers) for b in backends}
-    if baselines:
+    if baselines and dali_available():
         streams["a_dali_pipeline"] = dali_pipeline(data, split, batch_size, image_size, max(workers, 1))
-        if src:
-            streams["b_imagefolder_pil"] = imagefolder(src, batch_size, image_size, workers)
+    if baselines and src:
+        streams["b_imagefolder_pil"] = imagefolder(src, batch_size, image_size, workers)
     # round robin in short slices, so machine noise spreads over all of them; idle loaders hold
     # their prefetched batches and use no CPU meanwhile
     for r in range(rounds):

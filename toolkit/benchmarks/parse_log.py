@@ -11,15 +11,14 @@ does more: every Speedometer line into the batch table, and every metric of the 
 import json
 import os
 import random
-import subprocess
 import tempfile
 import time
 
 import click
 
+from toolkit.benchmarks.oracle import MXNET_PYTHON, mxnet_tool, timed_run
 from toolkit.logparse import parse_logs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRICS = ("accuracy", "top_k_accuracy_5", "cross-entropy")
 
 
@@ -61,22 +60,15 @@ def _time_ours(path: str, epochs: int, rows: int) -> float:
     return took
 
 
-def _time_mxnet(cmd) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
-
-
 @click.command()
 @click.option("--mb", type=click.FloatRange(min=0.1), default=100.0, show_default=True,
               help="Size of the generated log in megabytes.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--mxnet-python", default=os.path.join(REPO, ".mxnet-venv/bin/python"), show_default=True)
+@click.option("--mxnet-python", default=MXNET_PYTHON, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object.")
 def cli(mb, repeats, mxnet_python, as_json):
     """Parse a generated MXNet log with ours and MXNet's parse_log.py; print seconds and the ratio."""
-    mx_tool = os.path.join(os.path.dirname(os.path.dirname(mxnet_python)),
-                           "lib/python3.11/site-packages/mxnet/tools/parse_log.py")
+    mx_tool = mxnet_tool(mxnet_python, "parse_log.py")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "module.log")
         size, epochs, rows = make_module_log(path, mb)
@@ -85,7 +77,7 @@ def cli(mb, repeats, mxnet_python, as_json):
         ours, theirs = [], []
         for r in range(repeats):
             ours.append(_time_ours(path, epochs, rows))
-            theirs.append(_time_mxnet([mxnet_python, mx_tool, "--format", "none", path]))
+            theirs.append(timed_run([mxnet_python, mx_tool, "--format", "none", path]))
             print(f"repeat {r + 1}: ours {ours[-1]:.3f} s, mxnet {theirs[-1]:.3f} s", flush=True)
     result = {"mb": round(size / 1e6, 1), "ours_s": round(min(ours), 3), "mxnet_s": round(min(theirs), 3)}
     result["ratio"] = round(result["mxnet_s"] / result["ours_s"], 2)
