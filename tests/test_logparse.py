@@ -292,3 +292,18 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, run, args):
     proc = run_tool(PLOT_LOG, *args, check=False, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_dotted_words_and_marker_only_logs(tmp_path, monkeypatch):
+    """A metric name with a dot in many regular lines: the table path steps aside instead of failing.
+    A log with nothing but a resume marker: one UserError."""
+    from toolkit import mxlog
+    rows = [f"INFO:root:Epoch[0] Batch [{b}-{b + 10}]\tSpeed: 100.00 samples/sec\ta.b=0.5" for b in range(0, 3000, 10)]
+    path = _write(tmp_path / "dots.log", rows + ["INFO:root:Epoch[0] Time cost=1.0"])
+    monkeypatch.setattr(lp, "FAST_MIN_ROWS", 1)
+    a, b = parse_logs([path], batches=True), parse_logs([path], batches=True, fast=False)
+    _same(a, b)
+    assert len(a.batches) == 300 and (a.batches["a.b"] == 0.5).all()
+    marker = _write(tmp_path / "marker.log", ["INFO:root:" + mxlog.resume_line("x-0001.pt", 1, 0, 0.1)])
+    with pytest.raises(UserError, match="only resume markers"):
+        parse_logs([marker])

@@ -19,6 +19,7 @@ import csv
 import gc
 import io
 import math
+import os
 import re
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -122,9 +123,12 @@ def _layout(line: bytes):
     words = line.translate(table, delete.translate(None, _LETTERS)).split(b"\t")  # letters kept
     skip = line[:line.find(b"Epoch[") + 6].translate(table, delete).count(b"\t")
     numbers = [i for i in range(skip, len(tokens)) if tokens[i] and words[i] == tokens[i]]
-    if len(numbers) != len(fields) or any(float(tokens[c]) != x for c, x in zip(numbers, expect)):
+    try:  # a word of dots and digits ("a.b=", "v1.2.3") is no number: not this path's shape
+        if len(numbers) != len(fields) or any(float(tokens[c]) != x for c, x in zip(numbers, expect)):
+            return None
+        checks = [(i, float(tokens[i])) for i in range(skip, len(tokens)) if tokens[i] and words[i] != tokens[i]]
+    except ValueError:
         return None
-    checks = [(i, float(tokens[i])) for i in range(skip, len(tokens)) if tokens[i] and words[i] != tokens[i]]
     return list(zip(numbers, fields)), checks
 
 
@@ -407,7 +411,7 @@ def parse_logs(paths: Sequence[str], batches: bool = False, fast: bool = True) -
     per-line path (tests compare the two). Raises UserError for a missing, unreadable or empty log."""
     if isinstance(paths, (str, bytes)) or not hasattr(paths, "__iter__"):
         paths = [paths]
-    paths = [str(p) for p in paths]
+    paths = [os.fsdecode(p) for p in paths]
     if not paths:
         raise UserError("no log file given")
     scans = []
@@ -426,6 +430,8 @@ def parse_logs(paths: Sequence[str], batches: bool = False, fast: bool = True) -
         offset += len(rows["epoch"])
     table = tl.batches()
     epochs, changes, api = _epoch_table(tl, table)
+    if epochs.empty:  # resume markers only
+        raise UserError(f"{paths[0]}: no epoch data (only resume markers)")
     return ParsedLog(epochs=epochs, batches=table if batches else None, resumes=tl.resumes,
                      lr_changes=changes, api=api, files=paths)
 
