@@ -279,3 +279,11 @@ def test_fewer_classes_than_the_dataset_lists_is_one_clear_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(
         f"Error: --num-classes 2: {data}/classes.tsv lists 3 classes; leave the flag out to use them all")
+
+
+@pytest.mark.parametrize("flag", ["--gpus", "--kv-store"])
+def test_mxnet_device_flags_point_to_torchrun(flag, tmp_path):
+    proc = run_tool("tools/train.py", "--recipe", "resnet20", flag, "0,1", "--logs-dir", tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: Invalid value for '{flag}': '0,1': "
+                                                         "processes and devices come from torchrun here")

@@ -51,8 +51,18 @@ def _csv_floats(ctx, param, value):
         raise click.BadParameter(f"{value!r}: expected comma-separated epochs, e.g. 30,60") from None
 
 
+def _mxnet_only(ctx, param, value):
+    """MXNet's device flags, which torchrun replaces: a one-line pointer instead of 'no such option'."""
+    if value is not None:
+        raise click.BadParameter(
+            f"{value!r}: processes and devices come from torchrun here, one process per GPU: "
+            "torchrun --nproc_per_node=N tools/train.py ... (several nodes: see the README)")
+
+
 # training flags shared by train.py and resume.py; None means "the recipe's (or checkpoint's) value"
 _TRAIN_FLAGS = [
+    click.option("--gpus", callback=_mxnet_only, expose_value=False, hidden=True),
+    click.option("--kv-store", callback=_mxnet_only, expose_value=False, hidden=True),
     click.option("--data", default=None, help="Dataset folder (tools/im2rec.py output). Default: the toy set."),
     click.option("--train-split", default=None, help="Split to train on (NAME_train.rec, train-00000.rec, ...)."),
     click.option("--val-split", default=None, help="Split to validate on."),

@@ -14,7 +14,7 @@ from toolkit.engine.evaluation import run_evaluation
 
 @click.command(context_settings={"max_content_width": 100})
 @click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
-@click.option("--epoch", type=click.IntRange(min=0), default=None,
+@click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
               help="Evaluate PREFIX-NNNN.pt; default: the newest checkpoint.")
 @click.option("--checkpoints-dir", default="checkpoints", show_default=True)
 @click.option("--data", default=None, help="Dataset folder; default: the one the run trained on.")
