@@ -37,14 +37,20 @@ def data_dir(tmp_path_factory):
 def test_eval_workers_start_after_the_cpu_normalisation_used_opencv(data_dir):
     """The quickstart's hang: the training process normalises batches with OpenCV (its thread pool
     runs), then the evaluation loader starts its workers; a worker forked from it deadlocked in
-    cv2.setNumThreads under OpenCV 5.x. Runs in a child process with a bound."""
+    cv2.setNumThreads under OpenCV 5.x (every time, with the pool idle for a moment before the fork,
+    as while a checkpoint is written). Runs in a child process with a bound."""
     script = textwrap.dedent(f"""
+        import time, torch
         from toolkit.data import build_loader
+        from toolkit.data.torch_backend import normalize
         d = {data_dir!r}
         train = build_loader(d, "train", train=True, batch_size=32, image_size=64, workers=2, backend="torch")
-        for epoch in range(2):
-            train.set_epoch(epoch)
-            assert sum(len(y) for _, y in train) == 96
+        train.set_epoch(0)
+        assert sum(len(y) for _, y in train) == 96          # its batches go through the CPU normalisation
+        images = torch.randint(0, 255, (32, 3, 64, 64), dtype=torch.uint8)
+        for _ in range(5):                                  # and so does this, for certain
+            normalize(images, train.mean, train.inv_std, torch.device("cpu"), torch.float32, False)
+        time.sleep(0.5)
         val = build_loader(d, "val", train=False, batch_size=32, image_size=64, workers=2, backend="torch")
         val.set_epoch(0)
         print("evaluated", sum(len(y) for _, y in val))
