@@ -114,3 +114,64 @@ def test_a_worker_killed_with_sigkill_ends_the_epoch_with_one_line(data_dir):
     assert time.monotonic() - t0 < 30
     message = err.value.message
     assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _tree(pid):
+    out = []
+    for child in _children(pid):
+        out += [child] + _tree(child)
+    return out
+
+
+def _rank_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    return int(env.get(b"RANK", b"-1"))
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_answering_ends_the_run_with_one_line(tmp_path):
+    """torchrun with 2 ranks; rank 1 is frozen (SIGSTOP) mid-epoch: rank 0's next collective gives
+    up after --timeout, it ends with one line naming the cause, torchrun takes the frozen rank
+    down, and no process is left."""
+    from toolkit.toy import ensure_toy_dataset
+    data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=12, quiet=True)
+    log = tmp_path / "logs" / "hang.log"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--shutdown_timeout", "3", "tools/train.py", "--recipe", "resnet20", "--image-size", "32",
+           "--batch-size", "8", "--workers", "1", "--epochs", "40", "--log-every", "1", "--timeout", "8",
+           "--data", data, "--logs-dir", str(tmp_path / "logs"), "--checkpoints-dir", str(tmp_path / "ck"),
+           "--prefix", "hang"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.exists() and "Epoch[0] Batch" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        ranks = {_rank_of(p): p for p in _children(proc.pid)}
+        everything = _tree(proc.pid)
+        os.kill(ranks[1], signal.SIGSTOP)
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert elapsed < 8 + 30 + 30, elapsed  # --timeout, torchrun's SIGTERM-to-SIGKILL wait, slack
+    lines = [line for line in out.splitlines() if "another rank stopped answering" in line]
+    assert lines and "rank 0:" in lines[0] and "--timeout" in lines[0] and "tools/resume.py" in lines[0]
+    time.sleep(6)  # loader workers notice their fork server is gone within 5 s
+    left = [p for p in everything if os.path.exists(f"/proc/{p}") and
+            open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    assert not left, f"processes left behind: {left}"

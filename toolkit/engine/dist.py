@@ -3,6 +3,7 @@ Gloo on CPU, and the few collectives the engine needs."""
 import dataclasses
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
@@ -89,7 +90,7 @@ def lost_rank(exc: Exception, env: DistEnv, timeout: float):
     text = str(exc).strip()
     if not any(word in text.lower() for word in _LOST):
         return None
-    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])[:200] if text else type(exc).__name__
     return Stalled(f"rank {env.rank}: another rank stopped answering (no reply within {timeout:g} s, or it "
                    f"died: {first}); the run stops here (checkpoints already written are kept): see the "
                    "other ranks' messages above, raise --timeout if a slow file system delays them, then "
