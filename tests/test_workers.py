@@ -65,6 +65,33 @@ def test_eval_workers_start_after_the_cpu_normalisation_used_opencv(data_dir):
     assert "evaluated 64" in proc.stdout
 
 
+def test_im2rec_packers_start_after_this_process_used_opencv(tmp_path):
+    """im2rec's packers are forked: in a process that used OpenCV's thread pool before (the toy set
+    made inside a training process, a user's script) they deadlocked in cv2.setNumThreads."""
+    script = textwrap.dedent(f"""
+        import time, numpy as np, cv2
+        from toolkit import toy
+        from toolkit.im2rec import PackOptions, pack_prefix
+        from toolkit.lists import make_lists
+        a = np.random.randint(0, 255, (32, 3, 4096), np.uint8)
+        dst = np.empty((32, 3, 4096), np.float32)
+        for _ in range(5):
+            for c in range(3):
+                cv2.addWeighted(a[:, c], 0.5, a[:, c], 0.0, 1.0, dst=dst[:, c], dtype=cv2.CV_32F)
+        time.sleep(0.5)
+        root = toy.make_toy_images({str(tmp_path / "img")!r}, images_per_class=3, num_classes=4, seed=0)
+        make_lists({str(tmp_path / "p")!r}, root, recursive=True)
+        print("records", sum(r.records for r in pack_prefix({str(tmp_path / "p")!r}, root, PackOptions(num_thread=2))))
+    """)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("im2rec's packer processes hung after this process used OpenCV")
+    assert proc.returncode == 0, proc.stderr
+    assert "records 12" in proc.stdout
+
+
 class _HangOnce:
     """A transform that never returns for one sample (a worker stuck on a dead file system)."""
 

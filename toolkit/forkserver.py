@@ -1,4 +1,4 @@
-"""The start method of every worker process the toolkit makes (loader workers, im2rec's packers).
+"""The start method of the loader's worker processes.
 
 Workers come from a fork server (a clean process started once, with the workers' modules imported
 and no thread ever run), never forked from the process that asks for them. A fork copies the
@@ -9,9 +9,12 @@ threads carry the same risk. The fork server costs one interpreter start per run
 each worker is then a fork of it) and nothing per batch or image.
 """
 import multiprocessing
+import multiprocessing.forkserver
+import signal
+import threading
 
 # imported once in the fork server, so that workers start warm
-PRELOAD = ["toolkit.im2rec", "toolkit.data.torch_backend"]
+PRELOAD = ["toolkit.data.torch_backend"]
 _CONTEXT = None
 
 
@@ -22,6 +25,20 @@ def context():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _CONTEXT = multiprocessing.get_context("forkserver")
             _CONTEXT.set_forkserver_preload(PRELOAD)
+            _start_ignoring_ctrl_c()
         else:
             _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT
+
+
+def _start_ignoring_ctrl_c():
+    """Start the fork server with SIGINT ignored (kept across its exec): a terminal's Ctrl-C reaches
+    the whole process group, and would otherwise interrupt the server's imports with a traceback.
+    Its children inherit that: loader workers leave Ctrl-C to the training process anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # started on first use instead
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -11,6 +11,7 @@ import dataclasses
 import glob
 import itertools
 import json
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from toolkit import forkserver, imageops, recordio
+from toolkit import imageops, recordio
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 from toolkit.lists import ListItem, read_list
@@ -149,7 +150,12 @@ def _encoded(jobs, processes: int, chunk: int = 8):
     if processes <= 1:
         yield from map(encode_item, jobs)
         return
-    executor = ProcessPoolExecutor(processes, mp_context=forkserver.context(), initializer=_worker_init)
+    # Forked (all at once, at the first submit: quick, and no worker still starting when Ctrl-C
+    # ends the pool). A fork copies OpenCV's thread pool in a broken state, and cv2.setNumThreads in
+    # the child then deadlocks (OpenCV 5.x): one thread here first leaves no pool to copy (the
+    # caller restores the count; this process only writes records meanwhile).
+    _one_core()
+    executor = ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=_worker_init)
     try:
         pending = collections.deque()
         for batch in iter(lambda: list(itertools.islice(jobs, chunk)), []):
