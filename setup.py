@@ -21,6 +21,9 @@ setup(
         "pandas",
         "matplotlib",
         "tqdm",
+        # tools/sweep.py: SLURM job arrays with requeue on preemption, and YAML variant files
+        "submitit>=1.5,<2",
+        "pyyaml>=6,<7",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )

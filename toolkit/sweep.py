@@ -27,6 +27,7 @@ from typing import List, Optional
 
 import click
 import submitit
+import yaml
 
 from toolkit import journal
 from toolkit.errors import UserError
@@ -69,16 +70,11 @@ def load_variants(path: str) -> tuple:
             text = f.read()
     except OSError as e:
         raise UserError(f"--variants {path}: cannot read it: {e.strerror or e}") from None
+    kind = "JSON" if path.endswith(".json") else "YAML"
     try:
-        if path.endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except ValueError as e:  # json.JSONDecodeError and yaml.YAMLError (also a ValueError? no) below
-        raise UserError(f"--variants {path}: not valid JSON: {e}") from None
-    except Exception as e:  # noqa: BLE001 - yaml.YAMLError
-        raise UserError(f"--variants {path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise UserError(f"--variants {path}: not valid {kind}: {' '.join(str(e).split())}") from None
     where = f"--variants {path}"
     if isinstance(data, dict):
         return [], [(k, [_text(v) for v in (vs if isinstance(vs, list) else [vs])], where) for k, vs in data.items()]
