@@ -11,7 +11,6 @@ import dataclasses
 import glob
 import itertools
 import json
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from toolkit import imageops, recordio
+from toolkit import forkserver, imageops, recordio
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 from toolkit.lists import ListItem, read_list
@@ -150,7 +149,7 @@ def _encoded(jobs, processes: int, chunk: int = 8):
     if processes <= 1:
         yield from map(encode_item, jobs)
         return
-    executor = ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=_worker_init)
+    executor = ProcessPoolExecutor(processes, mp_context=forkserver.context(), initializer=_worker_init)
     try:
         pending = collections.deque()
         for batch in iter(lambda: list(itertools.islice(jobs, chunk)), []):
