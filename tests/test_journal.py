@@ -121,7 +121,7 @@ def test_status_from_end_lines_and_status_file(tmp_path):
     assert df.loc["ctrlc", "epochs_done"] == 2 and df.loc["ctrlc", "epochs_planned"] == 5
     assert df.loc["killed", "status"] == "stopped" and "gone without a word" in df.loc["killed", "detail"]
     assert df.loc["alive", "status"] == "running" and str(os.getpid()) in df.loc["alive", "detail"]
-    assert df.loc["crashed", "status"] == "failed"
+    assert df.loc["crashed", "status"] == "failed" and "ended by an exception" in df.loc["crashed", "detail"]
     assert df.loc["done", "wall_s"] == 30.0  # header 12:00:00 to the last line 12:00:30
     assert df.loc["done", "best_val_top1"] == pytest.approx(0.3) and df.loc["done", "best_epoch"] == 2
 
@@ -196,3 +196,24 @@ def test_cli_table_markdown_csv_and_plot(folder):
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("Error: --filter colour=red")
     missing = runner.invoke(main, ["--logs-dir", str(folder / "nope"), "--checkpoints-dir", str(folder / "nope2")])
     assert missing.exit_code == 2 and missing.stderr.count("\n") == 1 and "neither" in missing.stderr
+
+
+def test_run_records_how_it_ended_and_leaves_another_runs_file(tmp_path, monkeypatch):
+    """toolkit/engine/run.py's status file: failed with the exit status; a fresh run that refuses an
+    existing prefix leaves that run's file as it was."""
+    from toolkit.engine.config import make_config
+    from toolkit.engine.run import run
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = make_config("resnet18", data=str(tmp_path / "no_data"), logs_dir=str(tmp_path / "logs"),
+                      checkpoints_dir=str(tmp_path / "ck"), prefix="r")
+    assert run(cfg) == 2
+    status = journal.read_status(str(tmp_path / "logs"), "r")
+    assert status["status"] == "failed" and status["code"] == 2 and status["pid"] == os.getpid()
+    row = journal.journal(str(tmp_path / "logs"), str(tmp_path / "ck")).iloc[0]
+    assert row["status"] == "failed" and str(tmp_path / "no_data") in row["detail"]
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "r-0001.pt").write_bytes(b"")
+    (tmp_path / "logs" / "r.status.json").write_text('{"status": "finished"}')
+    assert run(cfg) == 2  # refuses: checkpoints of a run named r exist
+    assert journal.read_status(str(tmp_path / "logs"), "r") == {"status": "finished"}

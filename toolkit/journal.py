@@ -106,22 +106,21 @@ def log_facts(path: str) -> LogFacts:
     while pos >= 0:  # header lines: "DATE TIME cnn-toolkit VERSION, torch ..."
         starts.append(data.rfind(b"\n", 0, pos) + 1)
         pos = data.find(_HEADER, pos + 1)
-    if not starts:
-        return facts
-    last = data[starts[-1]:]
-    m = re.search(rb" config (\{.*\})\s*$", last, re.M)
-    if m:
-        facts.config = json.loads(m[1])
-    m = re.search(rb"world size (\d+),", last)
-    facts.world = int(m[1]) if m else 1
-    facts.wall_s = _wall(data, starts)
-    errors = re.findall(rb" Error: (.*)", last)
-    if b"Training finished" in last:
-        facts.ended = "finished"
-    elif errors:
-        facts.ended, facts.error = "failed", errors[-1].decode("utf-8", "replace").strip()
-    elif b"to resume: " in last or b" Stopped a" in last:
-        facts.ended = "stopped"
+    last = data[starts[-1]:] if starts else data  # a launch may fail before its header: its Error line
+    if starts:
+        m = re.search(rb" config (\{.*\})\s*$", last, re.M)
+        facts.config = json.loads(m[1]) if m else None
+        m = re.search(rb"world size (\d+),", last)
+        facts.world = int(m[1]) if m else 1
+        facts.wall_s = _wall(data, starts)
+    # how the last launch ended: the last of its end lines
+    ends = {"finished": last.rfind(b" Training finished"), "failed": last.rfind(b" Error: "),
+            "stopped": max(last.rfind(b" to resume: "), last.rfind(b" Stopped a"))}
+    ended = max(ends, key=ends.get)
+    if ends[ended] >= 0:
+        facts.ended = ended
+    if facts.ended == "failed":
+        facts.error = last[ends["failed"] + 8:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
     return facts
 
 
@@ -199,7 +198,9 @@ def run_status(facts: LogFacts, status: Optional[dict], log_path: str, done: int
     if status and status.get("status") != "running":
         ended = status["status"]
     if ended == "failed":
-        error = facts.error or "exit status %s" % (status or {}).get("code")
+        code = (status or {}).get("code")
+        error = facts.error or ("ended by an exception (its traceback is on the run's stderr)" if code is None
+                                else f"exit status {code}")
         return "failed", ("NaN: " if re.search(r"loss became (nan|inf|-inf)", error) else "") + error
     if ended in ("finished", "stopped"):
         return ended, ""
