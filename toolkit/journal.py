@@ -193,23 +193,24 @@ def _alive(status: dict) -> bool:
 
 
 def run_status(facts: LogFacts, status: Optional[dict], log_path: str, done: int, planned) -> tuple:
-    """(status, detail): finished, stopped (resumable), running, failed (NaN or an error)."""
-    ended = facts.ended
-    if status and status.get("status") != "running":
-        ended = status["status"]
+    """(status, detail): finished, stopped (resumable), running, failed (NaN or an error). The status
+    file speaks for the last launch; without one (older runs, MXNet's) the log's end lines do."""
+    ended, detail = facts.ended, ""
+    if status and status.get("status") == "running":
+        if _alive(status):
+            return "running", f"pid {status.get('pid')} on {status.get('host')}"
+        if not ended:
+            ended, detail = "stopped", f"process {status.get('pid')} is gone without a word (killed?)"
+    elif status:
+        ended = status.get("status")
     if ended == "failed":
         code = (status or {}).get("code")
         error = facts.error or ("ended by an exception (its traceback is on the run's stderr)" if code is None
                                 else f"exit status {code}")
         return "failed", ("NaN: " if re.search(r"loss became (nan|inf|-inf)", error) else "") + error
     if ended in ("finished", "stopped"):
-        return ended, ""
-    if status and status.get("status") == "running":
-        if _alive(status):
-            return "running", f"pid {status.get('pid')} on {status.get('host')}"
-        return "stopped", f"process {status.get('pid')} is gone without a word (killed?)"
-    recent = os.path.exists(log_path) and time.time() - os.path.getmtime(log_path) < RECENT_S
-    if recent:
+        return ended, detail
+    if os.path.exists(log_path) and time.time() - os.path.getmtime(log_path) < RECENT_S:
         return "running", "log written to in the last minutes"
     if planned and done >= planned:
         return "finished", ""
