@@ -115,10 +115,12 @@ def plot_validation(curves: dict, out_png: str, title: str = "validation") -> st
             ax.set_ylabel(label)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(True, alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+        handles, labels = acc.get_legend_handles_labels()
+        rows = -(-len(labels) // 3)  # one legend for both panels, 3 runs a row, below them
+        if labels:
+            fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(3, len(labels)), frameon=False)
         fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, min(0.05 * rows, 0.5), 1, 1))
         try:
             with atomic_path(out_png) as tmp:
                 fig.savefig(tmp, format="png")
