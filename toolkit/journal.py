@@ -346,7 +346,7 @@ def display(df):
     out["best_epoch"] = ["" if pd.isna(v) else str(v) for v in df["best_epoch"]]
     for col in ("last_train_loss", "last_val_loss", "macro_precision", "macro_recall", "macro_f1"):
         out[col] = [f"{v:.4f}" if v == v else "" for v in df[col].astype(float)]
-    out["eval"] = df["eval"].fillna("")
+    out["eval"] = [v if isinstance(v, str) else "" for v in df["eval"]]
     out["images_per_sec"] = [f"{v:.1f}" if v == v else "" for v in df["images_per_sec"].astype(float)]
     out["wall"] = [_clock(v) for v in df["wall_s"].astype(float)]
     return out.reset_index(drop=True)
