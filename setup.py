@@ -24,6 +24,9 @@ setup(
         "pandas<4",
         "matplotlib<4",
         "tqdm<5",
+        # tools/sweep.py: SLURM job arrays with requeue on preemption, and YAML variant files
+        "submitit>=1.5,<2",
+        "pyyaml>=6,<7",
     ],
     extras_require={"test": ["pytest>=7,<10", "pytest-timeout<3"]},
 )

@@ -88,3 +88,44 @@ def plot_run(parsed, out_png: str, title: Optional[str] = None) -> str:
     finally:
         plt.close(fig)
     return out_png
+
+
+def plot_validation(curves: dict, out_png: str, title: str = "validation") -> str:
+    """The validation curves of several runs in one PNG (tools/runs.py --plot): top-1 (solid) and
+    top-5 (dashed) accuracy, and the loss, per epoch; one colour per run. `curves`: {name: the
+    per-epoch table of toolkit.logparse}."""
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
+    try:
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (name, df) in enumerate(curves.items()):
+            x, color = df.index.to_numpy() + 1, colors[i % len(colors)]
+            _curve(acc, df, "val-accuracy", x, color=color, linestyle="-", label=name)
+            _curve(acc, df, "val-top_k_accuracy_5", x, color=color, linestyle="--")
+            lname = next((n for n in LOSSES if f"val-{n}" in df), None)
+            if lname:
+                _curve(loss, df, f"val-{lname}", x, color=color, linestyle="-", label=name)
+        values = [v for line in loss.get_lines() for v in line.get_ydata() if v > 0]
+        if values and max(values) > 20 * min(values):  # one diverging run would flatten the others
+            loss.set_yscale("log")
+        acc.set_ylim(0, 1.02)
+        acc.set_title("validation accuracy (top-1 solid, top-5 dashed)", fontsize=10)
+        loss.set_title("validation loss", fontsize=10)
+        for ax, label in ((acc, "accuracy"), (loss, "loss")):
+            ax.set_xlabel("epochs trained")
+            ax.set_ylabel(label)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+        handles, labels = acc.get_legend_handles_labels()
+        rows = -(-len(labels) // 3)  # one legend for both panels, 3 runs a row, below them
+        if labels:
+            fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(3, len(labels)), frameon=False)
+        fig.suptitle(title, fontsize=11)
+        fig.tight_layout(rect=(0, min(0.05 * rows, 0.5), 1, 1))
+        try:
+            with atomic_path(out_png) as tmp:
+                fig.savefig(tmp, format="png")
+        except OSError as e:
+            raise UserError(f"{out_png}: cannot write the plot: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+    return out_png

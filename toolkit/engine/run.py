@@ -4,8 +4,12 @@ Each sets up the process group (torchrun or one process), logging and the stop h
 returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoint was written),
 2 a user error (one line, no traceback).
 """
+import functools
+import json
 import os
+import socket
 import sys
+import time
 
 import torch
 
@@ -51,6 +55,36 @@ def stalled_error(exc: RuntimeError, env, timeout: float):
     return stalled(exc, None, "the data") or dist.lost_rank(exc, env, timeout)
 
 
+def recorded(run_fn):
+    """LOGS/PREFIX.status.json for tools/runs.py and tools/sweep.py (what the log cannot say): "running"
+    with the pid and host while the run trains (a pid that is gone: killed), then how the launch
+    ended: finished (exit 0), stopped (130), failed (2, or an exception). Rank 0 writes it, atomically.
+    A fresh run that will refuse to overwrite an earlier run's checkpoints leaves that run's file."""
+    from toolkit.atomic import atomic_open
+    from toolkit.journal import status_path
+
+    def write(cfg, status, **extra):
+        os.makedirs(cfg.logs_dir or ".", exist_ok=True)
+        with atomic_open(status_path(cfg.logs_dir, cfg.prefix)) as f:
+            json.dump({"status": status, "pid": os.getpid(), "host": socket.gethostname(),
+                       "time": time.time(), **extra}, f)
+
+    @functools.wraps(run_fn)
+    def wrapper(cfg: TrainConfig, state=None, resumed_from=None) -> int:
+        if os.environ.get("RANK", "0") != "0" or (
+                state is None and checkpoint.list_checkpoints(cfg.checkpoints_dir, cfg.prefix)):
+            return run_fn(cfg, state, resumed_from)
+        write(cfg, "running")
+        code = None
+        try:
+            code = run_fn(cfg, state, resumed_from)
+            return code
+        finally:
+            write(cfg, {0: "finished", 130: "stopped"}.get(code, "failed"), code=code)
+    return wrapper
+
+
+@recorded
 def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
     env = dist.setup(cfg.timeout)
     clash = earlier_run(cfg, env) if state is None else ""
