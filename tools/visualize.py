@@ -104,7 +104,9 @@ def errors(p):
 def _heat_options(fn):
     for opt in reversed([
             click.option("--class", "target", default=None,
-                         help="Explain this class (name or number); default: each image's prediction.")]):
+                         help="Explain this class (name or number); default: each image's prediction."),
+            click.option("--show", type=click.IntRange(min=1), default=32, show_default=True,
+                         help="Images in the figure (the CSV and the box figures cover all).")]):
         fn = opt(fn)
     return fn
 
@@ -133,7 +135,7 @@ def gradcam(p):
     if p["layer"]:
         run.module(p["layer"])
     opts = heatmaps.HeatOptions("gradcam", p["layer"], _target(run, p["target"]), p["method"],
-                                cols=p["cols"], batch_size=p["batch_size"])
+                                cols=p["cols"], batch_size=p["batch_size"], show=p["show"])
     fig, table, note = heatmaps.explain(run, _samples(run, p, 16), opts)
     _write(run, p, "gradcam", fig, table, note)
 
@@ -148,7 +150,7 @@ def occlusion(p):
     """Occlusion sensitivity: how much the class probability drops when a patch covers each pixel."""
     run = _run(p)
     opts = heatmaps.HeatOptions("occlusion", target=_target(run, p["target"]), patch=p["patch"],
-                                stride=p["stride"], cols=p["cols"], batch_size=p["batch_size"])
+                                stride=p["stride"], cols=p["cols"], batch_size=p["batch_size"], show=p["show"])
     fig, table, note = heatmaps.explain(run, _samples(run, p, 16), opts)
     _write(run, p, "occlusion", fig, table, note)
 
@@ -163,7 +165,7 @@ def activations(p):
     """The feature maps of the named layers for one image (the first of IMAGES, or of the split)."""
     run = _run(p)
     if p["list_layers"]:
-        click.echo(layers.layer_table(run).to_string(index=False))
+        click.echo(layers.format_table(layers.layer_table(run)))
         return
     if not p["layer_names"]:
         raise UserError("--layers A,B: name the layers to show (tools/visualize.py activations --list-layers)")

@@ -156,9 +156,11 @@ def summary_line(name: str, fraction: torch.Tensor, share: torch.Tensor, correct
     if not keep.any():
         return None
     f, s = fraction[keep], share[keep]
+    cold = int((correct & torch.isnan(fraction)).sum())
     return (f"{name} heat inside the shape's box: mean {f.mean():.3f} (median {f.median():.3f}) against "
             f"the box's share of the image {s.mean():.3f}; ratio {(f / s.clamp(min=1e-6)).mean():.2f}x "
-            f"over {int(keep.sum())} correctly classified images")
+            f"over {int(keep.sum())} correctly classified images"
+            + (f" ({cold} more with no positive heat)" if cold else ""))
 
 
 @dataclasses.dataclass
@@ -171,6 +173,7 @@ class HeatOptions:
     stride: Optional[int] = None     # occlusion: default patch / 2
     cols: int = 8
     batch_size: int = 32
+    show: int = 32                   # images in the figure (the CSV has them all)
 
 
 def explain(run, samples, opts: HeatOptions):
@@ -216,6 +219,7 @@ def _table(run, samples, probs, targets, result, layer_name, masks):
 
 
 def _figure(run, samples, views, result, table, opts, layer_name, masks):
+    samples = samples[:opts.show]
     rows, cols = figures.layout(len(samples), opts.cols)
     what = f"{result.method} at {layer_name}" if layer_name else \
         f"occlusion, {opts.patch or max(1, run.image_size // 8)} px patches"

@@ -46,12 +46,21 @@ def read_boxes(path: str) -> Dict[str, Tuple[int, ...]]:
                         "(as toolkit/toy.py writes them)") from None
 
 
-def _boxes_near(folder: str) -> Tuple[str, Dict]:
-    """(root the box paths are relative to, boxes) from folder/boxes.tsv or folder/images/boxes.tsv."""
-    for root in (folder, os.path.join(folder, "images")):
-        if os.path.isfile(os.path.join(root, BOXES)):
-            return root, read_boxes(os.path.join(root, BOXES))
+def _boxes_near(folder: str, up: int = 2) -> Tuple[str, Dict]:
+    """(root the box paths are relative to, boxes) from boxes.tsv in `folder`, its `images/`, or a
+    folder up to `up` levels above (a class folder of the toy set)."""
+    folder = os.path.abspath(folder)
+    for _ in range(up + 1):
+        for root in (folder, os.path.join(folder, "images")):
+            if os.path.isfile(os.path.join(root, BOXES)):
+                return root, read_boxes(os.path.join(root, BOXES))
+        folder = os.path.dirname(folder)
     return folder, {}
+
+
+def _box(boxes_at: Tuple[str, Dict], path: str):
+    root, boxes = boxes_at
+    return boxes.get(os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/"))
 
 
 def _label_of_folder(path: str, class_names: Sequence[str]) -> Optional[int]:
@@ -73,15 +82,14 @@ def _from_list(lst: str, image_root: Optional[str]) -> List[Sample]:
     if items and image_root is None and not os.path.exists(os.path.join(root, items[0].path)):
         if os.path.exists(os.path.join(root, "images", items[0].path)):  # the toy layout
             root = os.path.join(root, "images")
-    box_root, boxes = _boxes_near(root)
+    boxes = _boxes_near(root, up=0)
     out = []
     for it in items:
         path = os.path.join(root, it.path)
         if not os.path.exists(path):
             raise UserError(f"{lst}: image {path} not found; give the folder the list's paths are "
                             "relative to with --image-root")
-        rel = os.path.relpath(path, box_root)
-        out.append(Sample(path, b"", int(it.labels[0]) if it.labels else None, boxes.get(rel)))
+        out.append(Sample(path, b"", int(it.labels[0]) if it.labels else None, _box(boxes, path)))
     return out
 
 
@@ -95,12 +103,10 @@ def _from_paths(inputs: Sequence[str], class_names, image_root) -> List[Sample]:
                            if os.path.splitext(f)[1].lower() in DEFAULT_EXTS and os.path.isfile(f))
             if not files:
                 raise UserError(f"{p}: no images ({', '.join(DEFAULT_EXTS)}) in this folder")
-            box_root, boxes = _boxes_near(p)
-            out += [Sample(f, b"", _label_of_folder(f, class_names), boxes.get(os.path.relpath(f, box_root)))
-                    for f in files]
+            boxes = _boxes_near(p)
+            out += [Sample(f, b"", _label_of_folder(f, class_names), _box(boxes, f)) for f in files]
         elif os.path.isfile(p):
-            box_root, boxes = _boxes_near(os.path.dirname(os.path.dirname(os.path.abspath(p))))
-            out.append(Sample(p, b"", _label_of_folder(p, class_names), boxes.get(os.path.relpath(p, box_root))))
+            out.append(Sample(p, b"", _label_of_folder(p, class_names), _box(_boxes_near(os.path.dirname(p)), p)))
         else:
             raise UserError(f"{p}: no such image, folder or .lst file")
     return out
@@ -116,7 +122,7 @@ def spread(n: int, count: Optional[int]) -> np.ndarray:
 def _split_boxes(data: str, split: str) -> Dict[int, Tuple[int, ...]]:
     """{record id: box} through the split's .lst (same name as its .rec) and the toy boxes.tsv."""
     out = {}
-    _, boxes = _boxes_near(data)
+    _, boxes = _boxes_near(data, up=0)
     for rec, _ in split_files(data, split):
         lst = os.path.splitext(rec)[0] + ".lst"
         if boxes and os.path.isfile(lst):

@@ -39,6 +39,13 @@ def layer_table(run) -> pd.DataFrame:
         "parameters": [sum(p.numel() for p in m.parameters()) for _, m in modules]})
 
 
+def format_table(table: pd.DataFrame) -> str:
+    width = max(len("layer"), *(len(n) for n in table["layer"]))
+    lines = [f"{'layer':<{width}}  {'type':<20} {'output':<16} parameters"]
+    lines += [f"{r.layer:<{width}}  {r.type:<20} {r.output:<16} {r.parameters}" for r in table.itertuples()]
+    return "\n".join(lines)
+
+
 def activations(run, sample, layer_names, max_channels: int = 32, cols: int = 8):
     """(figure, table): the image as the network saw it, then for each layer up to `max_channels`
     of its feature maps (each scaled to its own range), strongest mean activation first."""
