@@ -21,6 +21,8 @@ setup(
         "pandas",
         "matplotlib",
         "tqdm",
+        # tools/visualize.py: Grad-CAM and occlusion (toolkit/visualize/heatmaps.py)
+        "captum>=0.7,<1",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )

@@ -215,3 +215,35 @@ def test_box_masks_follow_the_eval_resize_and_crop(trained):
         colour = torch.tensor(toy.COLOURS[toy.CLASSES.index(run.class_names[s.label])]).view(3, 1, 1)
         near = (v.float() - colour).abs().max(0).values < 40
         assert near.sum() > 0 and (near & m).sum() >= 0.9 * near.sum(), s.name
+
+
+@pytest.mark.slow
+def test_heat_falls_on_the_shape_for_a_trained_toy_model(tmp_path):
+    """Over the correctly classified validation images of a quickly trained toy model (resnet18,
+    width 0.25, 64 px, 320 training images, 10 epochs), the share of the occlusion and Grad-CAM heat
+    inside the shape's box is well above the box's share of the image (chance)."""
+    data = toy.ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=40, quiet=True, num_thread=1)
+    run_tool("tools/train.py", "--recipe", "resnet18", "--width", "0.25", "--image-size", "64",
+             "--min-crop-scale", "0.35", "--batch-size", "32", "--epochs", "10", "--lr", "0.2",
+             "--lr-schedule", "multistep", "--lr-step-epochs", "7", "--warmup-epochs", "0.5",
+             "--workers", "0", "--data", data, "--prefix", "s", "--logs-dir", tmp_path / "logs",
+             "--checkpoints-dir", tmp_path / "ck", env={"OMP_NUM_THREADS": "1"})
+    run = load_run(str(tmp_path / "ck"), device="cpu")
+    samples = gather([], run.data, "val", None, run.class_names)
+    views, masks = eval_views(run, samples), box_masks(run, samples)
+    labels = torch.tensor([s.label for s in samples])
+    predicted = run.predict(views).argmax(1)
+    correct = predicted == labels
+    assert correct.float().mean() > 0.5  # a model that learnt something
+    x = run.normalize(views)
+    ratios = {}
+    for name, result in [
+            ("occlusion", heatmaps.occlusion(run.logits, x, predicted, 8, 4)),
+            ("grad-cam layers.3", heatmaps.class_maps(run.logits, run.module("layers.3"), x, predicted, "gradcam")),
+            ("cam", heatmaps.class_maps(run.logits, run.module("layers"), x, predicted, "cam"))]:
+        fraction, share = heatmaps.heat_in_box(result.heat, masks)
+        keep = correct & ~torch.isnan(fraction)
+        ratios[name] = float(fraction[keep].mean() / share[keep].mean())
+        print(heatmaps.summary_line(name, fraction, share, correct))
+    # measured: occlusion 2.2x, Grad-CAM at layers.3 (8x8) 2.1x, CAM at the last block (2x2) 1.3x
+    assert ratios["occlusion"] > 1.6 and ratios["grad-cam layers.3"] > 1.5 and ratios["cam"] > 1.1, ratios

@@ -47,6 +47,7 @@ class Ascent:
     blur_sigma: float = 0.5
     decay: float = 0.01      # the image shrinks by this factor each step (towards the mean colour)
     seed: int = 0
+    init_std: float = 1.0    # starting noise (normalised units): enough for units behind a ReLU to fire
 
 
 def maximize(run, layer: Optional[str], targets: List[int], opts: Ascent):
@@ -67,7 +68,7 @@ def maximize(run, layer: Optional[str], targets: List[int], opts: Ascent):
 
     g = torch.Generator().manual_seed(opts.seed)
     size = run.image_size
-    x = (torch.randn(len(targets), 3, size, size, generator=g) * 0.1).to(run.device).requires_grad_(True)
+    x = (torch.randn(len(targets), 3, size, size, generator=g) * opts.init_std).to(run.device).requires_grad_(True)
     low, high = run.valid_range()
     optimizer = torch.optim.Adam([x], lr=opts.lr)
     params = [p.requires_grad for p in run.model.parameters()]

@@ -151,7 +151,8 @@ def heat_in_box(heat: torch.Tensor, masks: torch.Tensor):
 
 
 def summary_line(name: str, fraction: torch.Tensor, share: torch.Tensor, correct: torch.Tensor) -> Optional[str]:
-    """'heat inside the shape's box: 0.71 of it on average, the box being 0.31 of the image (N ...)'."""
+    """'heat inside the shape's box: mean ... against the box's share ...' over the images where
+    `correct` (correctly classified, and explained for their true class)."""
     keep = correct & ~torch.isnan(fraction)
     if not keep.any():
         return None
@@ -199,7 +200,7 @@ def explain(run, samples, opts: HeatOptions):
     if masks is not None:
         labels = torch.tensor([-1 if s.label is None else s.label for s in samples])
         line = summary_line(result.method, torch.tensor(table["heat_in_box"].to_numpy()),
-                            torch.tensor(table["box_share"].to_numpy()), predicted == labels)
+                            torch.tensor(table["box_share"].to_numpy()), (predicted == labels) & (targets == labels))
     return fig, table, line
 
 
