@@ -229,8 +229,7 @@ def confusion(p):
         return
     run = _run(p)
     counts = mistakes.compute_confusion(run, _samples(run, p, None), p["batch_size"])
-    import pandas as pd
-    table = pd.DataFrame(counts, index=pd.Index(run.class_names, name="true\\predicted"), columns=run.class_names)
+    table = mistakes.confusion_table(counts, run.class_names)
     fig = mistakes.confusion_figure(counts, run.class_names, f"{run.stem} on {p['split'] or run.cfg.val_split}")
     out = p["out"] or os.path.join(p["logs_dir"] or run.cfg.logs_dir, f"{run.stem}-confusion.png")
     figures.save(fig, out)

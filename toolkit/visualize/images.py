@@ -19,7 +19,7 @@ import torchvision.transforms.v2 as T
 
 from toolkit import recordio
 from toolkit.data import open_split
-from toolkit.data.discovery import split_files
+from toolkit.data.discovery import RecordSet, split_files
 from toolkit.data.torch_backend import decode, eval_resize_for
 from toolkit.errors import UserError
 from toolkit.lists import DEFAULT_EXTS, read_list
@@ -28,11 +28,19 @@ from toolkit.toy import BOXES
 
 @dataclasses.dataclass
 class Sample:
+    """One image; its bytes are read when used (a whole split's images are never held at once)."""
     name: str                       # a path, or SPLIT#INDEX for a record
-    payload: bytes                  # the encoded image
     label: Optional[int] = None     # None: unknown
     box: Optional[Tuple[int, ...]] = None   # toy: x0, y0, x1, y1, width, height (boxes.tsv)
     record: Optional[int] = None    # index in the split, for records
+    records: Optional[RecordSet] = None
+
+    @property
+    def payload(self) -> bytes:
+        """The encoded image."""
+        if self.records is not None:
+            return recordio.unpack(self.records.read(self.record))[1]
+        return _read(self.name)
 
 
 def read_boxes(path: str) -> Dict[str, Tuple[int, ...]]:
@@ -89,7 +97,7 @@ def _from_list(lst: str, image_root: Optional[str]) -> List[Sample]:
         if not os.path.exists(path):
             raise UserError(f"{lst}: image {path} not found; give the folder the list's paths are "
                             "relative to with --image-root")
-        out.append(Sample(path, b"", int(it.labels[0]) if it.labels else None, _box(boxes, path)))
+        out.append(Sample(path, int(it.labels[0]) if it.labels else None, _box(boxes, path)))
     return out
 
 
@@ -104,9 +112,9 @@ def _from_paths(inputs: Sequence[str], class_names, image_root) -> List[Sample]:
             if not files:
                 raise UserError(f"{p}: no images ({', '.join(DEFAULT_EXTS)}) in this folder")
             boxes = _boxes_near(p)
-            out += [Sample(f, b"", _label_of_folder(f, class_names), _box(boxes, f)) for f in files]
+            out += [Sample(f, _label_of_folder(f, class_names), _box(boxes, f)) for f in files]
         elif os.path.isfile(p):
-            out.append(Sample(p, b"", _label_of_folder(p, class_names), _box(_boxes_near(os.path.dirname(p)), p)))
+            out.append(Sample(p, _label_of_folder(p, class_names), _box(_boxes_near(os.path.dirname(p)), p)))
         else:
             raise UserError(f"{p}: no such image, folder or .lst file")
     return out
@@ -135,9 +143,9 @@ def _from_split(data: str, split: str, count: Optional[int]) -> List[Sample]:
     boxes = _split_boxes(data, split)
     out = []
     for i in spread(len(records), count):
-        header, payload = recordio.unpack(records.read(int(i)))
+        header, _ = recordio.unpack(records.read(int(i)))
         label = header.label if header.flag == 0 else header.label[0]
-        out.append(Sample(f"{split}#{i}", payload, int(label), boxes.get(header.id), record=int(i)))
+        out.append(Sample(f"{split}#{i}", int(label), boxes.get(header.id), int(i), records))
     return out
 
 
@@ -147,8 +155,6 @@ def gather(inputs: Sequence[str], data: str, split: str, count: Optional[int], c
     if inputs:
         samples = _from_paths(inputs, class_names, image_root)
         samples = [samples[i] for i in spread(len(samples), count)]
-        for s in samples:
-            s.payload = _read(s.name)
     else:
         samples = _from_split(data, split, count)
     if not samples:
@@ -167,6 +173,12 @@ def _decoded(sample: Sample, fn):
 def decode_all(samples: Sequence[Sample]) -> List[torch.Tensor]:
     """uint8 CHW RGB of each sample; one that does not decode is a one-line error."""
     return [_decoded(s, decode) for s in samples]
+
+
+def predict(run, samples: Sequence[Sample], batch_size: int = 64) -> torch.Tensor:
+    """Softmax probabilities (N, classes) on the CPU, read, decoded and run batch by batch."""
+    return torch.cat([run.predict(eval_views(run, samples[i:i + batch_size]), batch_size)
+                      for i in range(0, len(samples), batch_size)])
 
 
 def eval_views(run, samples: Sequence[Sample]) -> torch.Tensor:

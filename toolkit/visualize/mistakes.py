@@ -8,7 +8,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.visualize import figures
-from toolkit.visualize.images import eval_views
+from toolkit.visualize.images import eval_views, predict
 
 
 def _labels(samples, what: str) -> torch.Tensor:
@@ -34,8 +34,7 @@ def errors(run, samples, top: int = 8, cols: int = 8, batch_size: int = 64):
     """(figure, table of every image): the `top` most confident mistakes, then the `top` most
     confident correct answers."""
     labels = _labels(samples, "errors")
-    views = eval_views(run, samples)
-    probs = run.predict(views, batch_size)
+    probs = predict(run, samples, batch_size)
     table = predictions_table(run, samples, probs, labels)
     order = np.argsort(-table["probability"].to_numpy(), kind="stable")
     wrong = [i for i in order if not table["correct"][i]][:top]
@@ -46,6 +45,7 @@ def errors(run, samples, top: int = 8, cols: int = 8, batch_size: int = 64):
     title = (f"{run.stem}: {n_wrong} of {len(samples)} wrong. Top: the {len(wrong)} most confident "
              f"mistakes (red); below: the {len(right)} most confident correct (green)")
     fig, axes = figures.grid(rows_w + rows_r, cols, title)
+    views = dict(zip(wrong + right, eval_views(run, [samples[i] for i in wrong + right]))) if wrong + right else {}
     for block, picks, start, color in (("mistakes", wrong, 0, "red"), ("correct", right, rows_w, "green")):
         if not picks:
             axes[start, 0].text(0.5, 0.5, f"no {block}", ha="center", va="center", fontsize=9)
@@ -55,6 +55,11 @@ def errors(run, samples, top: int = 8, cols: int = 8, batch_size: int = 64):
             figures.show(axes[start + r, c], views[i],
                          f"true {row.true}\npred {row.predicted} {row.probability:.2f}", color)
     return fig, table
+
+
+def confusion_table(counts: np.ndarray, names) -> pd.DataFrame:
+    """As tools/evaluate.py writes it: rows true class, columns predicted, class names on both."""
+    return pd.DataFrame(counts, index=pd.Index(list(names), name="true\\predicted"), columns=list(names))
 
 
 def read_confusion_csv(path: str):
@@ -74,7 +79,7 @@ def read_confusion_csv(path: str):
 
 def compute_confusion(run, samples, batch_size: int = 64) -> np.ndarray:
     labels = _labels(samples, "confusion")
-    probs = run.predict(eval_views(run, samples), batch_size)
+    probs = predict(run, samples, batch_size)
     n = len(run.class_names)
     return torch.bincount(labels * n + probs.argmax(1), minlength=n * n).view(n, n).numpy()
 
