@@ -72,7 +72,8 @@ def activations(run, sample, layer_names, max_channels: int = 32, cols: int = 8)
     for name, a, order in blocks:
         for k, c in enumerate(order.tolist()):
             rr, cc = divmod(k, cols)
-            title = f"{name} {'x'.join(map(str, a.shape))}\nch {c}" if k == 0 else f"\nch {c}"
+            value = f" = {float(a[c].flatten()[0]):.3g}" if a[c].numel() == 1 else ""  # 1x1: say it
+            title = (f"{name} {'x'.join(map(str, a.shape))}" if k == 0 else "") + f"\nch {c}{value}"
             figures.show_map(axes[r + rr, cc], a[c], title)
         r += math.ceil(len(order) / cols)
     return fig, pd.DataFrame(rows_table)
