@@ -67,8 +67,8 @@ def png(path, rows, cols):
 
 def test_toy_boxes_recorded_around_the_shape(tmp_path):
     root = toy.make_toy_images(str(tmp_path / "t"), 3, 3)
-    boxes = read_boxes(os.path.join(root, toy.BOXES))
-    assert len(boxes) == 9
+    boxes = read_boxes(toy.boxes_path(root))
+    assert len(boxes) == 9 and sorted(os.listdir(root)) == sorted(toy.CLASSES[:3])  # the folder: images only
     img = np.asarray(mpimg.imread(os.path.join(root, "circle", "circle_0000.jpg")), dtype=np.float64)
     x0, y0, x1, y1, w, h = boxes["circle/circle_0000.jpg"]
     assert (img.shape[1], img.shape[0]) == (w, h) and 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
@@ -122,7 +122,7 @@ def test_images_as_files_folders_and_lists(trained, tmp_path):
     vis(trained, "gradcam", star, os.path.join(images, "ring"), "--out", out)
     table = pd.read_csv(tmp_path / "g.csv")
     assert len(table) == 7 and table["true"].tolist() == ["star"] + ["ring"] * 6  # labels from folder names
-    assert table["heat_in_box"].notna().all()  # boxes found through boxes.tsv
+    assert table["heat_in_box"].notna().all()  # boxes found beside the image folder
     vis(trained, "errors", os.path.join(trained["data"], "toy_val.lst"), "--out", out)
     assert len(pd.read_csv(tmp_path / "g.csv")) == 12
 

@@ -3,9 +3,10 @@
 Ten classes, each a shape with its own colour family, drawn at a random position, scale and
 rotation on a textured background with clutter, at sizes from 64 to 160 pixels. A small CNN learns
 it to high accuracy in a few CPU minutes; it is the default dataset of the quickstart and the tests.
-Each shape's bounding box goes into `boxes.tsv` in the image folder (path as in the .lst lists,
-x0, y0, x1, y1 with x1/y1 exclusive, image width and height), so tools/visualize.py's heatmaps can
-be checked against where the shape really is.
+Each shape's bounding box goes into `IMAGES.boxes.tsv` beside the image folder IMAGES (path as in
+the .lst lists, x0, y0, x1, y1 with x1/y1 exclusive, image width and height; outside the folder, so
+that the folder holds only images), so tools/visualize.py's heatmaps can be checked against where
+the shape really is.
 """
 import csv
 import math
@@ -68,8 +69,12 @@ def _draw_shape(d: ImageDraw.ImageDraw, cls: int, cx, cy, r, rot, fill):
                     d.rectangle([cx + i * s, cy + j * s, cx + (i + 1) * s, cy + (j + 1) * s], fill=fill)
 
 
-BOXES = "boxes.tsv"
 BOX_COLUMNS = ["path", "x0", "y0", "x1", "y1", "width", "height"]
+
+
+def boxes_path(image_root: str) -> str:
+    """The boxes file of an image folder: IMAGES.boxes.tsv beside it."""
+    return os.path.normpath(os.path.abspath(image_root)) + ".boxes.tsv"
 
 
 def draw_image(rng: np.random.Generator, cls: int) -> Image.Image:
@@ -117,7 +122,7 @@ def make_toy_images(root: str, images_per_class: int = 250, num_classes: int = 1
             img, box = draw_image_with_box(rng, cls)
             img.save(os.path.join(root, name), quality=90)
             rows.append([name, *box, *img.size])
-    with atomic_open(os.path.join(root, BOXES), "w", newline="") as f:
+    with atomic_open(boxes_path(root), "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(BOX_COLUMNS)
         writer.writerows(rows)

@@ -1,11 +1,11 @@
 """The images to look at: files, folders (recursive; a folder named like a class labels its images),
-.lst lists, or records of a split; each decoded up front (one that does not decode is a one-line
-error before any work), then put through the run's eval transform (the eval loader's own), so the
-network sees them exactly as in evaluation.
+.lst lists, or records of a split, read when used (a whole split is never held in memory) and put
+through the run's eval transform (the eval loader's own), so the network sees them exactly as in
+evaluation; an image that does not decode is a one-line error, raised before the model runs.
 
-The toy set's boxes (toolkit/toy.py, `boxes.tsv` in the image folder) are attached where known: for
-records through the split's .lst beside the records (record id -> path), for files by their path
-relative to the folder holding boxes.tsv.
+The toy set's boxes (toolkit/toy.py, `IMAGES.boxes.tsv` beside the image folder) are attached where
+known: for records through the split's .lst beside the records (record id -> path), for files by
+their path relative to the image folder of the boxes file.
 """
 import csv
 import dataclasses
@@ -23,7 +23,7 @@ from toolkit.data.discovery import RecordSet, split_files
 from toolkit.data.torch_backend import decode, eval_resize_for
 from toolkit.errors import UserError
 from toolkit.lists import DEFAULT_EXTS, read_list
-from toolkit.toy import BOXES
+from toolkit.toy import boxes_path
 
 
 @dataclasses.dataclass
@@ -31,7 +31,7 @@ class Sample:
     """One image; its bytes are read when used (a whole split's images are never held at once)."""
     name: str                       # a path, or SPLIT#INDEX for a record
     label: Optional[int] = None     # None: unknown
-    box: Optional[Tuple[int, ...]] = None   # toy: x0, y0, x1, y1, width, height (boxes.tsv)
+    box: Optional[Tuple[int, ...]] = None   # toy: x0, y0, x1, y1, width, height
     record: Optional[int] = None    # index in the split, for records
     records: Optional[RecordSet] = None
 
@@ -44,7 +44,7 @@ class Sample:
 
 
 def read_boxes(path: str) -> Dict[str, Tuple[int, ...]]:
-    """boxes.tsv -> {relative path: (x0, y0, x1, y1, width, height)}."""
+    """A boxes file -> {relative path: (x0, y0, x1, y1, width, height)}."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     try:
@@ -55,13 +55,13 @@ def read_boxes(path: str) -> Dict[str, Tuple[int, ...]]:
 
 
 def _boxes_near(folder: str, up: int = 2) -> Tuple[str, Dict]:
-    """(root the box paths are relative to, boxes) from boxes.tsv in `folder`, its `images/`, or a
-    folder up to `up` levels above (a class folder of the toy set)."""
+    """(root the box paths are relative to, boxes) from the boxes file of `folder`, of its
+    `images/`, or of a folder up to `up` levels above (a class folder of the toy set)."""
     folder = os.path.abspath(folder)
     for _ in range(up + 1):
         for root in (folder, os.path.join(folder, "images")):
-            if os.path.isfile(os.path.join(root, BOXES)):
-                return root, read_boxes(os.path.join(root, BOXES))
+            if os.path.isfile(boxes_path(root)):
+                return root, read_boxes(boxes_path(root))
         folder = os.path.dirname(folder)
     return folder, {}
 
@@ -128,7 +128,7 @@ def spread(n: int, count: Optional[int]) -> np.ndarray:
 
 
 def _split_boxes(data: str, split: str) -> Dict[int, Tuple[int, ...]]:
-    """{record id: box} through the split's .lst (same name as its .rec) and the toy boxes.tsv."""
+    """{record id: box} through the split's .lst (same name as its .rec) and the toy boxes file."""
     out = {}
     _, boxes = _boxes_near(data, up=0)
     for rec, _ in split_files(data, split):
