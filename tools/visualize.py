@@ -184,7 +184,8 @@ def activations(p):
 @click.option("--classes", default=None, help="Classes to maximise: names or numbers, or 'all' (default: up to 16).")
 @click.option("--steps", type=click.IntRange(min=0), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True)
-@click.option("--jitter", type=click.IntRange(min=0), default=4, show_default=True, help="Pixels of random shift a step.")
+@click.option("--jitter", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Pixels of random shift a step.")
 @click.option("--blur-every", type=click.IntRange(min=0), default=4, show_default=True)
 @click.option("--blur-sigma", type=click.FloatRange(min=0), default=0.5, show_default=True)
 @click.option("--decay", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
