@@ -137,6 +137,7 @@ def test_user_mistakes_are_one_line_and_exit_2(trained, tmp_path):
         (["gradcam", str(bad)], "bad.jpg: cannot decode the image"),
         (["occlusion", str(tmp_path / "missing.jpg")], "no such image"),
         (["gradcam", "--class", "octagon"], "--class octagon: not a class"),
+        (["gradcam", "--layer", "fc"], "not a feature map"),
     ]
     for args, message in cases:
         result = vis(trained, *args, "--out", tmp_path / "x.png", check=False)

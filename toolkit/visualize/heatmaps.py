@@ -82,9 +82,10 @@ class HeatResult:
 
 
 def class_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: torch.Tensor,
-               method: str = "auto", batch_size: int = 32) -> HeatResult:
+               method: str = "auto", batch_size: int = 32, name: str = "") -> HeatResult:
     """CAM (where it applies and method is auto or cam) or Grad-CAM of class `targets[i]` for each
     image, upsampled (bilinear) to the input size, negative parts dropped."""
+    _check_feature_map(model, layer, x, name or type(layer).__name__)
     how = cam_weights(model, layer, x) if method in ("auto", "cam") else None
     if method == "cam" and how is None:
         raise UserError("--method cam: this layer does not feed a global average pool and the "
@@ -100,6 +101,22 @@ def class_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: tor
         maps.append(F.interpolate(m.detach().float(), size=size, mode="bilinear", align_corners=False)
                     .clamp_(min=0)[:, 0].cpu())
     return HeatResult(torch.cat(maps), "Grad-CAM" if how is None else "CAM")
+
+
+def _check_feature_map(model, layer, x, name):
+    seen = {}
+    hook = layer.register_forward_hook(lambda m, i, o: seen.__setitem__("a", o))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        hook.remove()
+    a = seen.get("a")
+    if not torch.is_tensor(a) or a.dim() != 4:
+        what = "is not run in evaluation" if "a" not in seen else \
+            f"gives {'x'.join(map(str, a.shape[1:])) if torch.is_tensor(a) else type(a).__name__}, not a feature map"
+        raise UserError(f"--layer {name} {what}; choose a convolutional layer "
+                        "(tools/visualize.py activations --list-layers)")
 
 
 def _cam(model, layer, x, targets, how):
@@ -189,7 +206,7 @@ def explain(run, samples, opts: HeatOptions):
     targets = predicted if opts.target is None else torch.full_like(predicted, opts.target)
     x = run.normalize(views)
     if opts.kind == "gradcam":
-        result = class_maps(run.logits, layer, x, targets, opts.method, opts.batch_size)
+        result = class_maps(run.logits, layer, x, targets, opts.method, opts.batch_size, layer_name)
     else:
         patch = opts.patch or max(1, run.image_size // 8)
         result = occlusion(run.logits, x, targets, patch, opts.stride or max(1, patch // 2), opts.batch_size)

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import torch
 
+from toolkit.errors import UserError
 from toolkit.visualize import figures
 from toolkit.visualize.images import eval_views
 
@@ -53,6 +54,10 @@ def activations(run, sample, layer_names, max_channels: int = 32, cols: int = 8)
         run.module(name, "--layers")  # a name that does not exist: one line, before any work
     view = eval_views(run, [sample])
     outs = capture(run.model, run.normalize(view), layer_names)
+    for name in layer_names:
+        if not torch.is_tensor(outs.get(name)):
+            raise UserError(f"--layers {name}: no tensor output in evaluation (a layer used only in "
+                            "training, or one returning something else); choose another layer")
     blocks, rows_table = [], []
     for name in layer_names:
         a = outs[name][0].detach().float().cpu()
