@@ -27,6 +27,8 @@ setup(
         # tools/sweep.py: SLURM job arrays with requeue on preemption, and YAML variant files
         "submitit>=1.5,<2",
         "pyyaml>=6,<7",
+        # tools/visualize.py: Grad-CAM and occlusion (toolkit/visualize/heatmaps.py)
+        "captum>=0.7,<1",
     ],
     extras_require={"test": ["pytest>=7,<10", "pytest-timeout<3"]},
 )

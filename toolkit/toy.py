@@ -3,7 +3,12 @@
 Ten classes, each a shape with its own colour family, drawn at a random position, scale and
 rotation on a textured background with clutter, at sizes from 64 to 160 pixels. A small CNN learns
 it to high accuracy in a few CPU minutes; it is the default dataset of the quickstart and the tests.
+Each shape's bounding box goes into `IMAGES.boxes.tsv` beside the image folder IMAGES (path as in
+the .lst lists, x0, y0, x1, y1 with x1/y1 exclusive, image width and height; outside the folder, so
+that the folder holds only images), so tools/visualize.py's heatmaps can be checked against where
+the shape really is.
 """
+import csv
 import math
 import os
 from typing import List, Tuple
@@ -11,6 +16,7 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from toolkit.atomic import atomic_open
 from toolkit.im2rec import PackOptions, pack_list
 from toolkit.lists import make_lists
 
@@ -63,8 +69,22 @@ def _draw_shape(d: ImageDraw.ImageDraw, cls: int, cx, cy, r, rot, fill):
                     d.rectangle([cx + i * s, cy + j * s, cx + (i + 1) * s, cy + (j + 1) * s], fill=fill)
 
 
+BOX_COLUMNS = ["path", "x0", "y0", "x1", "y1", "width", "height"]
+
+
+def boxes_path(image_root: str) -> str:
+    """The boxes file of an image folder: IMAGES.boxes.tsv beside it."""
+    return os.path.normpath(os.path.abspath(image_root)) + ".boxes.tsv"
+
+
 def draw_image(rng: np.random.Generator, cls: int) -> Image.Image:
     """One image of class `cls`: textured background, clutter, then the class's shape."""
+    return draw_image_with_box(rng, cls)[0]
+
+
+def draw_image_with_box(rng: np.random.Generator, cls: int):
+    """(image, (x0, y0, x1, y1)): the image of draw_image and the pixels its shape covers (the
+    shape drawn again on a mask, so the random draws and the image are the same as without it)."""
     w, h = (int(v) for v in rng.integers(64, 161, size=2))
     bg = rng.integers(30, 140, size=3)
     noise = rng.normal(0, 18, size=(h, w, 3)) + bg
@@ -81,20 +101,31 @@ def draw_image(rng: np.random.Generator, cls: int) -> Image.Image:
     cx = float(rng.uniform(r, w - r))
     cy = float(rng.uniform(r, h - r))
     fill = tuple(int(np.clip(v + rng.integers(-35, 36), 0, 255)) for v in COLOURS[cls])
-    _draw_shape(d, cls, cx, cy, r, float(rng.uniform(0, 2 * math.pi)), fill)
-    return img
+    rot = float(rng.uniform(0, 2 * math.pi))
+    _draw_shape(d, cls, cx, cy, r, rot, fill)
+    mask = Image.new("L", (w, h))
+    _draw_shape(ImageDraw.Draw(mask), cls, cx, cy, r, rot, 255)
+    return img, mask.getbbox()
 
 
 def make_toy_images(root: str, images_per_class: int = 250, num_classes: int = 10, seed: int = 0) -> str:
     """Write `images_per_class` JPEGs per class into root/<class>/; deterministic for `seed`."""
     if not 2 <= num_classes <= len(CLASSES):
         raise ValueError(f"num_classes must be 2..{len(CLASSES)}")
+    rows = []
     for cls in range(num_classes):
         folder = os.path.join(root, CLASSES[cls])
         os.makedirs(folder, exist_ok=True)
         rng = np.random.default_rng([seed, cls])  # per class: adding classes keeps the others
         for i in range(images_per_class):
-            draw_image(rng, cls).save(os.path.join(folder, f"{CLASSES[cls]}_{i:04d}.jpg"), quality=90)
+            name = f"{CLASSES[cls]}/{CLASSES[cls]}_{i:04d}.jpg"
+            img, box = draw_image_with_box(rng, cls)
+            img.save(os.path.join(root, name), quality=90)
+            rows.append([name, *box, *img.size])
+    with atomic_open(boxes_path(root), "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(BOX_COLUMNS)
+        writer.writerows(rows)
     return root
 
 
