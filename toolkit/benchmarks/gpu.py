@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from toolkit.gpucheck.common import PROFILES, Context
 from toolkit.gpucheck.runner import BY_NAME, CHECKS, Summary, child_command, run_checks
 
 MARKER = ".gpu-check"
+CPU_SLOWER = 3  # --cpu: each check's limit times this (a small shared CPU; each tool's start imports torch)
 
 
 def gpu_count() -> int:
@@ -71,6 +73,10 @@ def fresh_workdir(path: str):
     open(os.path.join(path, MARKER), "w").close()
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 @click.command()
 @click.option("--cpu", is_flag=True, help="The same checks on the CPU with tiny sizes (DALI's CPU pipeline "
               "in place of mixed decode, Gloo in place of NCCL; nvidia-smi skipped).")
@@ -78,7 +84,8 @@ def fresh_workdir(path: str):
               help="Run only this check (repeatable); default: all, in order.")
 @click.option("--budget", type=click.FloatRange(min=1), default=480, show_default=True,
               help="Seconds for all checks together; a check is killed when it is spent, later ones SKIP.")
-@click.option("--limit", "limits", multiple=True, metavar="CHECK=SECONDS", help="Another time limit for a check.")
+@click.option("--limit", "limits", multiple=True, metavar="CHECK=SECONDS",
+              help="Another time limit for a check (the defaults: tools/benchmark.py gpu --list; x3 with --cpu).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Another size (toy_per_class, qs_epochs, train_batch, loader_images, ...: see toolkit/gpucheck/common.py).")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
@@ -89,15 +96,23 @@ def fresh_workdir(path: str):
               help="The JSON summary, rewritten after every check.")
 @click.option("--setup-seconds", type=float, default=None, help="Set-up time to record (tools/gpu_check.sh).")
 @click.option("--latest", is_flag=True, help="The environment is .venv-latest (tools/gpu_check.sh --latest).")
-def cli(cpu, only, budget, limits, settings, nproc, workdir, json_out, setup_seconds, latest):
+@click.option("--list", "list_only", is_flag=True, help="List the checks, their limits and sizes; run nothing.")
+def cli(cpu, only, budget, limits, settings, nproc, workdir, json_out, setup_seconds, latest, list_only):
     """Check every GPU path once (the NCCL group, the quickstart with DALI mixed decode, stop-and-resume
     exactness, AMP, ten-crop, throughput ratios); one line per check, the JSON summary last."""
     mode = "cpu" if cpu else "gpu"
+    if list_only:
+        for c in CHECKS:
+            print(f"{c.name:<19s} {c.limit * (1 if mode == 'gpu' else CPU_SLOWER):4.0f} s  {c.what}")
+        print("sizes (--set KEY=VALUE): " + " ".join(f"{k}={v}" for k, v in sizes_for(mode, settings).items()))
+        return
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ctx = Context(mode=mode, workdir=os.path.abspath(workdir), repo=repo, sizes=sizes_for(mode, settings),
                   nproc=nproc or (1 if cpu else min(gpu_count(), 8)), latest=latest)
     overrides = limits_for(limits)
-    checks = [dataclasses.replace(c, limit=overrides.get(c.name, c.limit)) for c in CHECKS if not only or c.name in only]
+    slower = 1 if mode == "gpu" else CPU_SLOWER
+    checks = [dataclasses.replace(c, limit=overrides.get(c.name, c.limit * slower))
+              for c in CHECKS if not only or c.name in only]
     fresh_workdir(ctx.workdir)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if cpu:  # on a GPU machine too: nothing may touch the GPU
@@ -108,6 +123,7 @@ def cli(cpu, only, budget, limits, settings, nproc, workdir, json_out, setup_sec
     print(f"[gpu-check] mode {mode}, {ctx.nproc} process(es) per torchrun, budget {budget:.0f} s, set-up "
           f"{'%.0f s' % setup_seconds if setup_seconds is not None else 'not timed'}; logs in {ctx.path('logs')}",
           flush=True)
+    signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: end the running check with all it started
     try:
         data = run_checks(ctx, checks, summary, budget, child_command(ctx), env,
                           echo=lambda text: print(text, flush=True))

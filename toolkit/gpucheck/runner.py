@@ -40,7 +40,8 @@ CHECKS = [
     Check("train-step", 120, "ResNet-50 step, AMP bf16, channels-last: engine vs a bare PyTorch loop", needs_gpu=True),
     Check("loader", 120, "the DALI GPU loader vs DALI's own pipeline (mixed decode) on the same shards",
           needs_gpu=True),
-    Check("train-step-compile", 300, "as train-step, with torch.compile (both loops compiled)", needs_gpu=True),
+    Check("train-step-compile", 300, "as train-step, with torch.compile (both loops compiled); with --cpu only "
+          "with --set compile_on_cpu=1", needs_gpu=True),
 ]
 BY_NAME = {c.name: c for c in CHECKS}
 

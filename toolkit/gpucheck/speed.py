@@ -21,7 +21,9 @@ def train_step(ctx: Context, compile: bool = False) -> dict:
             "bare_img_s": r["bare_images_per_sec"], "engine_vs_bare": r["ratio_engine_vs_bare"], "device": r["device"]}
 
 
-def train_step_compile(ctx: Context) -> dict:
+def train_step_compile(ctx: Context):
+    if not ctx.gpu and not ctx.sizes["compile_on_cpu"]:
+        return ("SKIP", "--cpu: inductor's C++ build takes minutes on a small CPU; --set compile_on_cpu=1 runs it")
     return train_step(ctx, compile=True)
 
 

@@ -8,19 +8,25 @@ from toolkit.gpucheck.common import CheckFailed, Context
 SMI_FIELDS = "name,driver_version,memory.total,compute_cap,power.limit"
 
 
+def _query(fields: str):
+    out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=20)
+    return out.returncode, [[v.strip() for v in ln.split(",")] for ln in out.stdout.strip().splitlines()], \
+        (out.stdout + out.stderr).strip()
+
+
 def gpu_facts(ctx: Context) -> dict:
     if not shutil.which("nvidia-smi"):
         raise CheckFailed("nvidia-smi not found: no NVIDIA driver on this machine's PATH")
-    out = subprocess.run(["nvidia-smi", f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader"],
-                         capture_output=True, text=True, timeout=20)
-    if out.returncode != 0:
-        raise CheckFailed(f"nvidia-smi exited {out.returncode}: {(out.stdout + out.stderr).strip()[:200]}")
-    rows = [[v.strip() for v in ln.split(",")] for ln in out.stdout.strip().splitlines()]
+    rc, rows, text = _query(SMI_FIELDS)
+    if rc != 0:  # an older driver without some field: the basic ones
+        rc, rows, text = _query("name,driver_version,memory.total")
+    if rc != 0 or not rows:
+        raise CheckFailed(f"nvidia-smi exited {rc}: {text[:200]}")
     head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
-    cuda = head.split("CUDA Version:")[1].split()[0] if "CUDA Version:" in head else "?"
-    name, driver, memory, capability, power = rows[0]
-    return {"gpus": len(rows), "name": name, "driver": driver, "driver_cuda": cuda, "memory": memory,
-            "compute_capability": capability, "power_limit": power}
+    facts = dict(zip(["name", "driver", "memory", "compute_capability", "power_limit"], rows[0]))
+    return {"gpus": len(rows), **facts,
+            "driver_cuda": head.split("CUDA Version:")[1].split()[0] if "CUDA Version:" in head else "?"}
 
 
 def torch_device(ctx: Context) -> dict:
@@ -31,9 +37,14 @@ def torch_device(ctx: Context) -> dict:
         (x @ x).sum().item()
         return {**figures, "device": "cpu", "threads": torch.get_num_threads()}
     if not torch.cuda.is_available():
-        raise CheckFailed(f"torch.cuda.is_available() is False (torch {torch.__version__} is built for CUDA "
-                          f"{torch.version.cuda}: the driver must support it; see gpu-facts' driver_cuda)",
-                          **figures)
+        try:
+            head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+            driver = head.split("CUDA Version:")[1].split()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            driver = "unknown (no nvidia-smi)"
+        raise CheckFailed(f"torch.cuda.is_available() is False: torch {torch.__version__} is built for CUDA "
+                          f"{torch.version.cuda}, the driver supports CUDA {driver} (a driver that old needs "
+                          "torch and DALI wheels built for its CUDA version)", **figures)
     device = torch.device("cuda", 0)
     x = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
     torch.cuda.synchronize()

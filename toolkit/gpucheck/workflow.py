@@ -189,7 +189,8 @@ def branch_checkpoint(ctx: Context) -> tuple:
 def _evaluate(ctx: Context, *extra, env=None) -> dict:
     ck, prefix = branch_checkpoint(ctx)
     proc = run(ctx, python() + ["tools/evaluate.py", "--checkpoints-dir", ck, "--prefix", prefix, "--json",
-                                "--out-dir", ctx.path("branches", "eval"), *extra], env=env,
+                                "--workers", str(ctx.sizes["eval_workers"]), "--out-dir",
+                                ctx.path("branches", "eval"), *extra], env=env,
                what="tools/evaluate.py " + " ".join(extra))
     return json_last_line(proc.stdout)
 
