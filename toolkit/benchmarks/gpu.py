@@ -87,7 +87,7 @@ def _interrupted(signum, frame):
 @click.option("--limit", "limits", multiple=True, metavar="CHECK=SECONDS",
               help="Another time limit for a check (the defaults: tools/benchmark.py gpu --list; x3 with --cpu).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Another size (toy_per_class, qs_epochs, train_batch, loader_images, ...: see toolkit/gpucheck/common.py).")
+              help="Another size (toy_per_class, qs_epochs, train_batch, loader_images, ...: see --list).")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Processes per torchrun (default: one per GPU, up to 8; 1 with --cpu).")
 @click.option("--workdir", default="bench-data/gpu-check", show_default=True,

@@ -94,7 +94,8 @@ def _interrupt(ctx: Context, proc: subprocess.Popen, prefix: str, timeout: float
 
 def _finish(ctx: Context, proc: subprocess.Popen, prefix: str, timeout: float = 150.0):
     if proc.wait(timeout=timeout) != 0:
-        raise CheckFailed(f"{prefix}: tools/train.py exited {proc.returncode}; see {ctx.path('exact', prefix + '.out')}")
+        raise CheckFailed(f"{prefix}: tools/train.py exited {proc.returncode}; "
+                          f"see {ctx.path('exact', prefix + '.out')}")
 
 
 def _resume(ctx: Context, prefix: str) -> str:
@@ -180,7 +181,8 @@ def fp16_accum(ctx: Context) -> dict:
 
 def branch_checkpoint(ctx: Context) -> tuple:
     """(folder, prefix) of the fp16-accum run's checkpoints, else the quickstart's."""
-    for ck, prefix in ((ctx.path("branches", "ck"), "fp16accum"), (ctx.path("quickstart", "checkpoints"), "toy_resnet18")):
+    for ck, prefix in ((ctx.path("branches", "ck"), "fp16accum"),
+                       (ctx.path("quickstart", "checkpoints"), "toy_resnet18")):
         if glob.glob(os.path.join(ck, prefix + "-[0-9][0-9][0-9][0-9].pt")):
             return ck, prefix
     raise CheckFailed("no checkpoint to evaluate (fp16-accum and quickstart wrote none)")
