@@ -34,7 +34,8 @@ def test_a_hung_check_is_killed_with_what_it_started_and_the_rest_still_run(tmp_
         "hangs": f"p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
                  f"open({str(pid_file)!r}, 'w').write(str(p.pid))\ntime.sleep(300)",
         "crashes": "raise RuntimeError('boom in the check')",
-        "fails": "print('GPUCHECK_RESULT ' + json.dumps({'status': 'FAIL', 'reason': 'bad figure', 'figures': {'x': 1}}))",
+        "fails": "print('GPUCHECK_RESULT ' + json.dumps({'status': 'FAIL', 'reason': 'bad figure', "
+                 "'figures': {'x': 1}}))",
         "passes": ok({"img_s": 123.456}),
     }
     checks = [Check(name, 3 if name == "hangs" else 60, name) for name in bodies]
@@ -144,7 +145,8 @@ def test_deterministic_flag_sets_the_kernels_and_is_kept_in_the_checkpoint_confi
             "cfg = make_config('resnet18', deterministic=True)\n"
             "assert from_dict(vars(cfg)).deterministic and not make_config('resnet18').deterministic\n"
             "determinism.apply(cfg.deterministic)\n"
-            "assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
             "assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark\n"
             "print(os.environ['CUBLAS_WORKSPACE_CONFIG'])")
     env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
@@ -153,3 +155,15 @@ def test_deterministic_flag_sets_the_kernels_and_is_kept_in_the_checkpoint_confi
     help_text = subprocess.run([sys.executable, "tools/train.py", "--help"], cwd=REPO, capture_output=True,
                                text=True, timeout=120).stdout
     assert "--deterministic / --no-deterministic" in help_text
+
+
+def test_a_failed_set_up_still_writes_the_summary(tmp_path):
+    """tools/setup_env.sh stops (a missing lock file here, before any pip call): the JSON says so."""
+    out = tmp_path / "s.json"
+    proc = subprocess.run(["bash", "tools/gpu_check.sh", "--cpu", "--json-out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, LOCK_FILE=str(tmp_path / "no-such-lock.txt")))
+    assert proc.returncode == 1 and "set-up FAILED" in proc.stderr
+    summary = json.loads(out.read_text())
+    assert summary["failed"] == ["setup"] and not summary["ok"] and not summary["complete"]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == summary
