@@ -101,6 +101,9 @@ _TRAIN_FLAGS = [
     click.option("--channels-last/--no-channels-last", default=None),
     click.option("--compile/--no-compile", default=None, help="torch.compile the model."),
     click.option("--sync-bn/--no-sync-bn", default=None, help="SyncBatchNorm across GPUs."),
+    click.option("--deterministic/--no-deterministic", default=None,
+                 help="Deterministic GPU kernels (cuDNN, cuBLAS, torch's), for runs bit-identical across "
+                      "a stop and resume on GPUs; slower."),
     click.option("--seed", type=click.IntRange(min=0), default=None),
     click.option("--prefix", default=None, help="Run name: logs/PREFIX.log, checkpoints/PREFIX-NNNN.pt."),
     click.option("--logs-dir", default=None),

@@ -5,7 +5,9 @@
 #   middle of an epoch -> tools/resume.py with a lower LR -> tools/evaluate.py -> tools/plot_log.py
 # Environment: QUICKSTART_DIR (default: the repo; data/, logs/, checkpoints/ under it),
 # QUICKSTART_EPOCHS (12), QUICKSTART_STOP_EPOCH (5), QUICKSTART_IMAGES_PER_CLASS (250),
-# QUICKSTART_LOG_EVERY (10 batches; the Ctrl-C comes at the first batch line of the stop epoch).
+# QUICKSTART_LOG_EVERY (10 batches; the Ctrl-C comes at the first batch line of the stop epoch),
+# QUICKSTART_NPROC (2 processes; on GPUs at most one per GPU), QUICKSTART_TRAIN_ARGS (more flags for
+# tools/train.py, e.g. "--loader dali"; tools/gpu_check.sh runs this script on the GPU with them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -23,6 +25,8 @@ EPOCHS=${QUICKSTART_EPOCHS:-12}
 STOP_EPOCH=${QUICKSTART_STOP_EPOCH:-5}
 PER_CLASS=${QUICKSTART_IMAGES_PER_CLASS:-250}
 LOG_EVERY=${QUICKSTART_LOG_EVERY:-10}
+NPROC=${QUICKSTART_NPROC:-2}
+read -r -a TRAIN_ARGS <<< "${QUICKSTART_TRAIN_ARGS:-}"
 DATA=$OUT/data/toy
 PREFIX=toy_resnet18
 LOGS=$OUT/logs
@@ -38,14 +42,14 @@ step "2. lists and record shards, as with MXNet's im2rec"
 "$PY" tools/im2rec.py --list --recursive --train-ratio 0.8 "$DATA/toy" "$DATA/images"
 "$PY" tools/im2rec.py --num-thread 2 --quality 95 "$DATA/toy" "$DATA/images"
 
-step "3. train resnet18 (width 0.25, 64 px) with torchrun, 2 processes on the CPU; Ctrl-C during Epoch[$STOP_EPOCH]"
+step "3. train resnet18 (width 0.25, 64 px) with torchrun, $NPROC processes (on the CPU without a GPU); Ctrl-C during Epoch[$STOP_EPOCH]"
 rm -f "$LOG" "$CKPT/$PREFIX"-*.pt
 mkdir -p "$LOGS"
 # its own process group, so that the SIGINT below reaches torchrun and both ranks, as Ctrl-C does
-setsid "$TORCHRUN" --standalone --nproc_per_node=2 tools/train.py --recipe resnet18 --width 0.25 \
+setsid "$TORCHRUN" --standalone --nproc_per_node="$NPROC" tools/train.py --recipe resnet18 --width 0.25 \
     --image-size 64 --min-crop-scale 0.35 --batch-size 32 --epochs "$EPOCHS" --lr 0.2 \
     --lr-schedule constant --warmup-epochs 0.5 --log-every "$LOG_EVERY" --data "$DATA" --prefix "$PREFIX" \
-    --logs-dir "$LOGS" --checkpoints-dir "$CKPT" &
+    --logs-dir "$LOGS" --checkpoints-dir "$CKPT" ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"} &
 TRAIN=$!
 until grep -q "Epoch\[$STOP_EPOCH\] Batch \[" "$LOG" 2>/dev/null; do
     kill -0 $TRAIN 2>/dev/null || { echo "training ended before Epoch[$STOP_EPOCH]" >&2; exit 1; }
@@ -58,7 +62,7 @@ STOP=$(ls -t "$CKPT/$PREFIX"-*.pt | head -1)   # PREFIX-EEEE-bBBBBBB.pt (or PREF
 echo "stopped; checkpoint: $STOP"
 
 step "4. resume from it with a lower LR (0.02, constant from here)"
-"$TORCHRUN" --standalone --nproc_per_node=2 tools/resume.py --prefix "$PREFIX" --checkpoints-dir "$CKPT" --lr 0.02
+"$TORCHRUN" --standalone --nproc_per_node="$NPROC" tools/resume.py --prefix "$PREFIX" --checkpoints-dir "$CKPT" --lr 0.02
 
 step "5. evaluate the last epoch's checkpoint on the validation split"
 "$PY" tools/evaluate.py --prefix "$PREFIX" --checkpoints-dir "$CKPT" --epoch "$EPOCHS" --json | tee "$LOGS/$PREFIX-eval.txt"

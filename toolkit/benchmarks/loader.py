@@ -2,7 +2,8 @@
 invocation with (a) DALI's own CPU pipeline over the same shards (readers.mxnet +
 decoders.image_random_crop + resize + crop_mirror_normalize), (b) the common PyTorch way
 (torchvision ImageFolder + PIL DataLoader over the original JPEGs), and (c) decode-only throughput
-of the packed JPEGs on the same number of processes (the ceiling).
+of the packed JPEGs on the same number of processes (the ceiling). `--device cuda`: our loaders deliver
+to the GPU and DALI, ours and (a), decodes there ("mixed"); `--without a|b|c` leaves a baseline out.
 
 Default data: 2000 generated ImageNet-like JPEGs (about 500x375) packed with `--resize 256`.
 """
@@ -73,23 +74,35 @@ class Epochs:
             self.epoch += 1
 
 
-def ours(data, split, backend, batch_size, image_size, workers):
+def _count(device):
+    """Images in a batch, once the device has finished it (a GPU batch is queued, not done, when
+    it is handed over)."""
+    if device == "cuda":
+        return lambda n: (torch.cuda.synchronize(), n)[1]
+    return lambda n: n
+
+
+def ours(data, split, backend, batch_size, image_size, workers, device="cpu"):
     loader = build_loader(data, split, train=True, batch_size=batch_size, image_size=image_size,
-                          backend=backend, workers=workers)
-    return Timed(Epochs(loader), lambda b: len(b[1]))
+                          backend=backend, workers=workers, device=torch.device(device))
+    count = _count(device)
+    return Timed(Epochs(loader), lambda b: count(len(b[1])))
 
 
-def dali_pipeline(data, split, batch_size, image_size, workers):
-    """(a) DALI's own CPU pipeline, as its documentation writes it."""
+def dali_pipeline(data, split, batch_size, image_size, workers, device="cpu"):
+    """(a) DALI's own pipeline, as its documentation writes it: on the CPU, or with --device cuda
+    the JPEG decode on the GPU ("mixed") and the rest there too."""
     from nvidia.dali import fn, pipeline_def, types
     from toolkit.data.dali_backend import combined_index  # DALI takes one .idx for all shards
     records = open_split(data, split)
     recs, idx = [rec for rec, _ in records.files], combined_index(records)
 
-    @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=None, seed=0)
+    gpu = device == "cuda"
+
+    @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=0 if gpu else None, seed=0)
     def pipe():
         jpegs, labels = fn.readers.mxnet(path=recs, index_path=[idx], random_shuffle=True, name="r")
-        images = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB)
+        images = fn.decoders.image_random_crop(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_x=image_size, resize_y=image_size)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=MEAN, std=STD,
                                           mirror=fn.random.coin_flip(probability=0.5))
@@ -101,7 +114,8 @@ def dali_pipeline(data, split, batch_size, image_size, workers):
     def batches():
         while True:
             yield p.run()
-    return Timed(batches(), lambda out: len(out[1]))
+    count = _count(device)
+    return Timed(batches(), lambda out: count(len(out[1])))
 
 
 def imagefolder(src, batch_size, image_size, workers):
@@ -158,21 +172,25 @@ def decode_only(data, split, workers, seconds):
               help="Also measure (a) DALI's pipeline, (b) ImageFolder+PIL, (c) decode only.")
 @click.option("--rounds", type=click.IntRange(min=1), default=4, show_default=True,
               help="Slices per loader, taken in turn.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where our loaders deliver batches; cuda: DALI decodes on the GPU (mixed), ours and (a).")
+@click.option("--without", type=click.Choice(["a", "b", "c"]), multiple=True,
+              help="Leave out a baseline (repeatable).")
 @click.option("--cache", default="bench-data/loader", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object.")
-def cli(data, split, backend, batch_size, image_size, workers, seconds, images, baselines, rounds, cache,
-        as_json):
+def cli(data, split, backend, batch_size, image_size, workers, seconds, images, baselines, rounds, device,
+        without, cache, as_json):
     """Images/s delivered by our loaders, with DALI's pipeline, ImageFolder and decode-only beside them."""
     src = None
     if data is None:
         src, data = default_dataset(cache, images)
     result = {"data": data, "records": len(open_split(data, split)), "batch_size": batch_size,
-              "image_size": image_size, "workers": workers, "cpus": os.cpu_count()}
+              "image_size": image_size, "workers": workers, "cpus": os.cpu_count(), "device": device}
     backends = (["torch", "dali"] if dali_available() else ["torch"]) if backend == "both" else [backend]
-    streams = {b: ours(data, split, b, batch_size, image_size, workers) for b in backends}
-    if baselines and dali_available():
-        streams["a_dali_pipeline"] = dali_pipeline(data, split, batch_size, image_size, max(workers, 1))
-    if baselines and src:
+    streams = {b: ours(data, split, b, batch_size, image_size, workers, device) for b in backends}
+    if baselines and dali_available() and "a" not in without:
+        streams["a_dali_pipeline"] = dali_pipeline(data, split, batch_size, image_size, max(workers, 1), device)
+    if baselines and src and "b" not in without:
         streams["b_imagefolder_pil"] = imagefolder(src, batch_size, image_size, workers)
     # round robin in short slices, so machine noise spreads over all of them; idle loaders hold
     # their prefetched batches and use no CPU meanwhile
@@ -183,7 +201,7 @@ def cli(data, split, backend, batch_size, image_size, workers, seconds, images, 
     labels = {"a_dali_pipeline": "(a) DALI CPU pipeline", "b_imagefolder_pil": "(b) ImageFolder + PIL"}
     for name, rate in rates.items():
         print(f"{labels.get(name, 'ours, ' + name + ' backend'):24s} {rate:8.1f} images/s", flush=True)
-    if baselines:
+    if baselines and "c" not in without:
         rates["c_decode_only"] = decode_only(data, split, workers, seconds)
         print(f"{'(c) decode only':24s} {rates['c_decode_only']:8.1f} images/s", flush=True)
     main = backends[0]

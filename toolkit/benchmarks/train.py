@@ -1,6 +1,7 @@
 """`tools/benchmark.py train`: images/s of the engine's training step (Trainer.train_one_epoch: LR
 per step, dropout reseeding, metric sums, the stop/NaN all-reduce, Speedometer) against a bare PyTorch
-loop (zero_grad, forward, loss, backward, step) on the same model, optimizer and in-memory batches.
+loop (zero_grad, forward, loss, backward, step) on the same model, optimizer and in-memory batches
+(`--compile`: both torch.compile'd; the warm-up round compiles).
 
 The two alternate in rounds within one process, so machine noise hits both; the figure is the ratio
 of their median rounds.
@@ -53,13 +54,14 @@ def bare_loop(cfg, env, batches, steps):
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
     criterion = nn.CrossEntropyLoss()
+    net = torch.compile(model) if cfg.compile else model  # as the Trainer does with --compile
 
     def run():
         for i in range(steps):
             x, y = batches[i % len(batches)]
             optimizer.zero_grad(set_to_none=True)
             with autocast(env, cfg.amp):
-                out = model(x)
+                out = net(x)
                 loss = criterion(out[0] if isinstance(out, tuple) else out, y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -95,15 +97,17 @@ def sync(env):
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True)
 @click.option("--channels-last", is_flag=True)
+@click.option("--compile", "compiled", is_flag=True, help="torch.compile the model in both loops.")
 @click.option("--json", "as_json", is_flag=True, help="Last line: one JSON object.")
-def cli(recipe, batch_size, image_size, width, steps, rounds, amp, channels_last, as_json):
+def cli(recipe, batch_size, image_size, width, steps, rounds, amp, channels_last, compiled, as_json):
     """Images/s of our training step against a bare PyTorch loop, same invocation."""
     env = dist.setup()
     cfg = make_config(recipe, batch_size=batch_size, image_size=image_size, width=width, num_classes=1000,
-                      amp=amp, channels_last=channels_last, lr=0.01, data="synthetic", log_every=20)
+                      amp=amp, channels_last=channels_last, compile=compiled, lr=0.01, data="synthetic",
+                      log_every=20)
     batches = make_batches(cfg, env.device)
     loops = {"bare": bare_loop(cfg, env, batches, steps), "engine": engine_loop(cfg, env, batches, steps)}
-    for run in loops.values():  # warm-up: allocator, kernels, thread pools
+    for run in loops.values():  # warm-up: allocator, kernels, thread pools (and compilation)
         run()
     times = {name: [] for name in loops}
     for r in range(rounds):
@@ -116,7 +120,8 @@ def cli(recipe, batch_size, image_size, width, steps, rounds, amp, channels_last
     rate = {name: steps * batch_size / statistics.median(ts) for name, ts in times.items()}
     device = torch.cuda.get_device_name() if env.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     result = {"recipe": recipe, "batch_size": batch_size, "image_size": image_size, "amp": amp,
-              "channels_last": channels_last, "device": device, "bare_images_per_sec": round(rate["bare"], 2),
+              "channels_last": channels_last, "compile": compiled, "device": device,
+              "bare_images_per_sec": round(rate["bare"], 2),
               "engine_images_per_sec": round(rate["engine"], 2),
               "ratio_engine_vs_bare": round(rate["engine"] / rate["bare"], 4)}
     print(f"{recipe} batch {batch_size} at {image_size}px on {device}: bare loop {rate['bare']:.1f} img/s, "

@@ -58,6 +58,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
+    deterministic: bool = False          # deterministic GPU kernels (toolkit/engine/determinism.py)
     # bookkeeping
     seed: int = 0
     prefix: str = ""

@@ -14,7 +14,7 @@ import time
 import torch
 
 from toolkit.data.workers import end_workers, stalled
-from toolkit.engine import checkpoint, dist
+from toolkit.engine import checkpoint, determinism, dist
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.signals import StopRequest
@@ -86,6 +86,7 @@ def recorded(run_fn):
 
 @recorded
 def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
+    determinism.apply(cfg.deterministic)  # before any GPU work
     env = dist.setup(cfg.timeout)
     clash = earlier_run(cfg, env) if state is None else ""
     if clash:
