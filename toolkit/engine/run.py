@@ -9,11 +9,11 @@ import sys
 
 import torch
 
-from toolkit.engine import checkpoint, dist
+from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.signals import StopRequest
-from toolkit.engine.trainer import Trainer, resolve_num_classes
+from toolkit.engine.trainer import Trainer
 from toolkit.errors import UserError
 
 TOY = "data/toy"
@@ -44,6 +44,15 @@ def earlier_run(cfg: TrainConfig, env) -> str:
             f"with tools/resume.py --prefix {cfg.prefix}, start another with --prefix NAME, or delete them")
 
 
+def preflight_paths(cfg: TrainConfig, env) -> str:
+    """The output folders, checked before the log opens: the problem's one line, or ''."""
+    try:
+        preflight.check_output_dirs(cfg, env)
+    except UserError as exc:
+        return exc.message
+    return ""
+
+
 def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
     env = dist.setup()
     clash = earlier_run(cfg, env) if state is None else ""
@@ -52,11 +61,17 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
             print(f"Error: {clash}", file=sys.stderr)
         dist.teardown()
         return 2
+    problem = preflight_paths(cfg, env)
+    if problem:
+        if env.main:
+            print(f"Error: {problem}", file=sys.stderr)
+        dist.teardown()
+        return 2
     stop = StopRequest().install()
     log = setup_logging(os.path.join(cfg.logs_dir, cfg.prefix + ".log"), env.main)
     try:
         ensure_data(cfg, env)
-        cfg = resolve_num_classes(cfg)
+        cfg = preflight.settle_num_classes(cfg, env, log)
         result = Trainer(cfg, env, log, state, resumed_from, stop).fit()
         if result.get("stopped"):
             log.info(f"to resume: {resume_command(cfg, env)}")
