@@ -261,6 +261,17 @@ def test_a_missing_list_mode_file_is_one_line(tmp_path, flag, shapes):
     assert not list(tmp_path.glob("x*.lst"))
 
 
+def test_synsets_without_class_folders_is_one_line(tmp_path, shapes):
+    (tmp_path / "words.txt").write_text("n01440764 tench\n")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(os.path.join(shapes, "circle", "circle_0000.jpg"), flat / "a.jpg")
+    proc = run_tool(IM2REC, "--list", "--synsets", tmp_path / "words.txt", tmp_path / "x", flat, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "Error: --synsets names the classes of class folders: add --recursive"]
+    assert not (tmp_path / "x.lst").exists()
+
+
 def test_list_mode_makes_the_prefix_folder(tmp_path, shapes):
     run_tool(IM2REC, "--list", "--recursive", tmp_path / "new" / "deeper" / "set", shapes)
     assert (tmp_path / "new" / "deeper" / "set.lst").exists() and (tmp_path / "new" / "deeper" / "classes.tsv").exists()

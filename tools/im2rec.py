@@ -72,6 +72,8 @@ def run_list(a):
     if a.imagenet_id_wnids or a.classes:
         raise UserError("--imagenet-id-wnids and --classes label ImageNet's validation images: "
                         "give them with --imagenet-val-gt")
+    if a.synsets and not (a.recursive or a.label_from_name):
+        raise UserError("--synsets names the classes of class folders: add --recursive")
     words = lists.read_synset_words(a.synsets) if a.synsets else None
     written = lists.make_lists(a.prefix, a.root, a.recursive, a.exts, a.train_ratio, a.test_ratio,
                                a.chunks, a.shuffle, a.label_from_name)
