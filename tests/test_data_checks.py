@@ -140,6 +140,16 @@ def test_evaluate_takes_a_model_with_more_classes_than_classes_tsv(tmp_path):
     assert result["images"] == 4 and result["undecodable"] == 0
     names = (tmp_path / "out" / "m-0001-val-per-class.csv").read_text().splitlines()
     assert [line.split(",")[1] for line in names[1:]] == ["a", "b", "c", "3", "4"]
+    # an undecodable record is left out and named, not replaced by another (counted twice)
+    with recordio.IndexedRecordWriter(str(data / "m_val.idx"), str(data / "m_val.rec")) as w:
+        for k in range(4):
+            w.write_idx(k, recordio.pack((0, float(k % 3), k, 0), b"broken" if k == 2 else JPEG))
+    proc = run_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", "--workers", "0",
+                    "--out-dir", tmp_path / "out", "--json")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["images"] == 3 and result["undecodable"] == 1
+    assert result["undecodable_records"][0].startswith(f"{data}/m_val.rec key 2 offset ")
+    assert f"1 undecodable record(s) not counted: {data}/m_val.rec key 2 offset" in proc.stdout
     # a label the model has no output for is the data's fault, named with its record
     write(data / "m_val", [0, 1, 7])
     line = one_error_line(run_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", check=False))
