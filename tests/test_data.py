@@ -124,7 +124,7 @@ def test_ten_crop_channels_last_and_half(data_dir):
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_corrupt_record_is_logged_once_and_replaced(tmp_path, caplog):
+def test_corrupt_record_is_logged_once_and_replaced_in_training(tmp_path, caplog):
     write_split([str(tmp_path / "train")], list(range(16)), np.random.default_rng(1), bad={5})
     loader = build_loader(str(tmp_path), batch_size=16, image_size=32, workers=0, backend="torch")
     with caplog.at_level(logging.WARNING):
@@ -197,20 +197,6 @@ def test_region_decode_equals_full_decode_and_crop():
             t, l, h, w = box
             assert crop.shape == (3, h, w) and torch.equal(crop, full[:, t:t + h, l:l + w])
     assert tb._roi_decoder() is not None  # nvImageCodec comes with DALI: the region path is the one tested
-
-
-def test_region_decode_ignores_exif_orientation_as_torchvision_does():
-    import io
-    from PIL import Image
-    from toolkit.data import torch_backend as tb
-    im = Image.fromarray(np.random.default_rng(2).integers(0, 255, (61, 83, 3), dtype=np.uint8))
-    exif = im.getexif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif.tobytes())
-    full = tb.decode(buf.getvalue())
-    crop = tb.decode_crop(buf.getvalue(), lambda h, w: (0, 0, h, w))
-    assert full.shape == crop.shape == (3, 61, 83) and torch.equal(full, crop)
 
 
 @pytest.mark.parametrize("size", [48, 20])  # crops mostly upscaled; mostly shrunk 2x and more

@@ -211,3 +211,81 @@ def test_toy_dataset_is_deterministic_and_varied(tmp_path):
     n_val = len(recordio.read_index(os.path.join(root, "toy_val.idx")))
     assert (n_train, n_val) == (48, 12)
     assert lists.read_classes(os.path.join(root, "classes.tsv")) == sorted(toy.CLASSES)
+
+
+def _val_folder(tmp_path, n=4):
+    root = tmp_path / "val"
+    root.mkdir()
+    src = toy.make_toy_images(str(tmp_path / "t"), 2, 2) + "/circle/circle_0000.jpg"
+    for k in range(1, n + 1):
+        shutil.copy(src, root / f"ILSVRC2012_val_{k:08d}.JPEG")
+    return root
+
+
+def _val_labels(prefix):
+    return [int(it.labels[0]) for it in lists.read_list(str(prefix) + ".lst")]
+
+
+def test_imagenet_val_labels_follow_the_train_order_or_are_refused(tmp_path):
+    root = _val_folder(tmp_path)
+    (tmp_path / "gt.txt").write_text("1\n2\n3\n1\n")
+    # devkit IDs 1..3 are these wnids: not sorted, as in the real devkit
+    (tmp_path / "wnids.txt").write_text("n00000003\nn00000001\nn00000002\n")
+    gt = ["--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids", tmp_path / "wnids.txt"]
+    # no classes.tsv beside the prefix: the sorted wnids, the train list's order (was: devkit order)
+    proc = run_tool(IM2REC, "--list", *gt, tmp_path / "a" / "val", root)
+    assert _val_labels(tmp_path / "a" / "val") == [2, 0, 1, 2] and "sorted wnids" in proc.stdout
+    # the train classes.tsv given with --classes (or found beside the prefix) decides
+    (tmp_path / "train_classes.tsv").write_text("0\tn00000002\n1\tn00000003\n2\tn00000001\n")
+    run_tool(IM2REC, "--list", *gt, "--classes", tmp_path / "train_classes.tsv", tmp_path / "b" / "val", root)
+    assert _val_labels(tmp_path / "b" / "val") == [1, 2, 0, 1]
+    shutil.copy(tmp_path / "train_classes.tsv", tmp_path / "b" / "classes.tsv")
+    run_tool(IM2REC, "--list", *gt, tmp_path / "b" / "val2", root)
+    assert _val_labels(tmp_path / "b" / "val2") == [1, 2, 0, 1]
+    # without the wnid of each ID the labels would be the devkit's order: refused
+    proc = run_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", tmp_path / "c" / "val", root,
+                    check=False)
+    assert proc.returncode == 2 and "give --imagenet-id-wnids FILE" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c" / "val.lst").exists()
+
+
+@pytest.mark.parametrize("flag", ["--imagenet-val-gt", "--imagenet-id-wnids", "--synsets", "--classes"])
+def test_a_missing_list_mode_file_is_one_line(tmp_path, flag, shapes):
+    (tmp_path / "gt.txt").write_text("1\n")
+    extra = [] if flag == "--imagenet-val-gt" else ["--imagenet-val-gt", tmp_path / "gt.txt"]
+    if flag == "--synsets":
+        extra = ["--recursive"]
+    proc = run_tool(IM2REC, "--list", flag, tmp_path / "nope.txt", *extra, tmp_path / "x", shapes, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"Error: {flag} {tmp_path}/nope.txt: file not found"]
+    assert not list(tmp_path.glob("x*.lst"))
+
+
+def test_synsets_without_class_folders_is_one_line(tmp_path, shapes):
+    (tmp_path / "words.txt").write_text("n01440764 tench\n")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(os.path.join(shapes, "circle", "circle_0000.jpg"), flat / "a.jpg")
+    proc = run_tool(IM2REC, "--list", "--synsets", tmp_path / "words.txt", tmp_path / "x", flat, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "Error: --synsets names the classes of class folders: add --recursive"]
+    assert not (tmp_path / "x.lst").exists()
+
+
+def test_list_mode_makes_the_prefix_folder(tmp_path, shapes):
+    run_tool(IM2REC, "--list", "--recursive", tmp_path / "new" / "deeper" / "set", shapes)
+    assert (tmp_path / "new" / "deeper" / "set.lst").exists() and (tmp_path / "new" / "deeper" / "classes.tsv").exists()
+
+
+def test_packing_where_every_image_fails_exits_2_and_leaves_no_records(tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for k in range(6):
+        (root / f"{k}.jpg").write_bytes(b"not an image")
+    run_tool(IM2REC, "--list", tmp_path / "bad", root)
+    proc = run_tool(IM2REC, tmp_path / "bad", root, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert errors == [f"Error: {tmp_path}/bad.lst: none of its 6 images could be read (warnings above); "
+                      f"is {root} the folder the list was made from?"]
+    assert not list(tmp_path.glob("bad*.rec")) and not list(tmp_path.glob("bad*.idx"))

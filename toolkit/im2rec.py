@@ -205,6 +205,12 @@ def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str
     finally:
         results.close()  # stops the worker processes, also on an error or Ctrl-C
         cv2.setNumThreads(cv_threads)
+    if result.skipped and not result.records:  # nothing to train on: no files, and say so
+        for n in names:
+            for ext in (".rec", ".idx"):
+                os.remove(n + ext)
+        raise UserError(f"{lst_path}: none of its {result.skipped} images could be read (warnings above); "
+                        f"is {root} the folder the list was made from?")
     _write_mean_std(name + ".mean_std.json", acc, result.records)
     return result
 

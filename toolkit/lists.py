@@ -187,3 +187,41 @@ def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Seque
     else:
         labels = [k - 1 for k in ids]
     return [ListItem(i, fname, (float(lab),)) for i, (fname, lab) in enumerate(zip(files, labels))]
+
+
+def read_id_wnids(path: str) -> List[str]:
+    """The wnid of each ILSVRC2012_ID (line k = ID k): `n01440764` per line (more fields ignored)."""
+    wnids = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if not (len(fields[0]) == 9 and fields[0][0] == "n" and fields[0][1:].isdigit()):
+                raise UserError(f"{path}:{lineno}: expected a wnid such as n01440764 first, got {line.strip()!r}")
+            wnids.append(fields[0])
+    return wnids
+
+
+def imagenet_val_list(val_dir: str, ground_truth: str, id_wnids: Optional[str], classes_tsv: Optional[str]):
+    """(items, what the labels follow) for --imagenet-val-gt: train labels, or a UserError. The
+    devkit's IDs are not in the train list's sorted-wnid order, so the wnid of each ID is required;
+    the label is the wnid's line in the train classes.tsv, or without one its place among the sorted
+    wnids (the order in which the train list numbers the synset folders)."""
+    if not id_wnids:
+        raise UserError(f"--imagenet-val-gt {ground_truth}: the devkit's class IDs are not the train labels; "
+                        "give --imagenet-id-wnids FILE (the wnid of each ILSVRC2012_ID, line k = ID k, "
+                        "from the devkit's data/meta.mat)")
+    wnids = read_id_wnids(id_wnids)
+    if classes_tsv:
+        classes, order = read_classes(classes_tsv), classes_tsv
+    else:
+        classes, order = sorted(set(wnids)), f"the sorted wnids of {id_wnids}"
+    try:
+        with open(ground_truth) as f:
+            ids = [int(x) for x in f.read().split()]
+    except ValueError as exc:
+        raise UserError(f"{ground_truth}: expected one ILSVRC2012_ID (an integer) per line ({exc})") from None
+    if ids and not 1 <= min(ids) <= max(ids) <= len(wnids):
+        raise UserError(f"{ground_truth}: IDs run {min(ids)}..{max(ids)} but {id_wnids} lists {len(wnids)} wnids")
+    return imagenet_val_items(val_dir, ground_truth, wnids, classes), order

@@ -35,6 +35,9 @@ def parse_args(argv=None):
                    help="ILSVRC2012_validation_ground_truth.txt: label ROOT's val images from it")
     g.add_argument("--imagenet-id-wnids", metavar="FILE",
                    help="wnid of each ILSVRC2012_ID, one per line (maps the devkit ids to train labels)")
+    g.add_argument("--classes", metavar="TSV",
+                   help="the train list's classes.tsv, for --imagenet-val-gt (default: classes.tsv beside "
+                        "PREFIX, else the wnids in sorted order, as the train list numbers synset folders)")
     g = p.add_argument_group("pack mode")
     g.add_argument("--pass-through", action="store_true")
     g.add_argument("--resize", type=int, default=0)
@@ -53,19 +56,30 @@ def parse_args(argv=None):
 
 
 def run_list(a):
+    for flag, path in (("--imagenet-val-gt", a.imagenet_val_gt), ("--imagenet-id-wnids", a.imagenet_id_wnids),
+                       ("--synsets", a.synsets), ("--classes", a.classes)):
+        if path and not os.path.isfile(path):
+            raise UserError(f"{flag} {path}: file not found")
+    if not os.path.isdir(a.root):
+        raise UserError(f"{a.root}: image folder not found")
+    os.makedirs(os.path.dirname(os.path.abspath(a.prefix)), exist_ok=True)  # as a tool's output folder
+    cls_file = os.path.join(os.path.dirname(os.path.abspath(a.prefix)), "classes.tsv")
     if a.imagenet_val_gt:
-        wnids = open(a.imagenet_id_wnids).read().split() if a.imagenet_id_wnids else None
-        cls_file = os.path.join(os.path.dirname(os.path.abspath(a.prefix)), "classes.tsv")
-        classes = lists.read_classes(cls_file) if wnids and os.path.exists(cls_file) else None
-        items = lists.imagenet_val_items(a.root, a.imagenet_val_gt, wnids, classes)
+        items, order = lists.imagenet_val_list(a.root, a.imagenet_val_gt, a.imagenet_id_wnids,
+                                               a.classes or (cls_file if os.path.exists(cls_file) else None))
         lists.write_list(a.prefix + ".lst", items)
-        return print(f"wrote {a.prefix}.lst ({len(items)} images)")
+        return print(f"wrote {a.prefix}.lst ({len(items)} images; labels in the order of {order})")
+    if a.imagenet_id_wnids or a.classes:
+        raise UserError("--imagenet-id-wnids and --classes label ImageNet's validation images: "
+                        "give them with --imagenet-val-gt")
+    if a.synsets and not (a.recursive or a.label_from_name):
+        raise UserError("--synsets names the classes of class folders: add --recursive")
+    words = lists.read_synset_words(a.synsets) if a.synsets else None
     written = lists.make_lists(a.prefix, a.root, a.recursive, a.exts, a.train_ratio, a.test_ratio,
                                a.chunks, a.shuffle, a.label_from_name)
-    if a.synsets:
-        cls_file = os.path.join(os.path.dirname(os.path.abspath(a.prefix)), "classes.tsv")
+    if words is not None:
         names = lists.read_classes(cls_file)
-        lists.write_classes(cls_file, {n: i for i, n in enumerate(names)}, lists.read_synset_words(a.synsets))
+        lists.write_classes(cls_file, {n: i for i, n in enumerate(names)}, words)
     print("wrote " + " ".join(written))
 
 

@@ -15,14 +15,15 @@ import os
 import cv2
 import numpy as np
 import torch
-import torchvision.io as tvio
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from toolkit import imageops, recordio
+from toolkit.data.decode import _roi_decoder, decode, decode_crop  # noqa: F401 (tests, benchmarks)
 from toolkit.data.discovery import RecordSet
 from toolkit.data import workers as worker_procs
 from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
+from toolkit.errors import UserError
 
 log = logging.getLogger(__name__)
 # AlexNet's PCA lighting (Krizhevsky et al. 2012 §4.1): ImageNet RGB eigenvalues / eigenvectors
@@ -117,94 +118,87 @@ class TrainTransform:
         return out
 
 
-def decode(payload: bytes) -> torch.Tensor:
-    data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    return tvio.decode_image(data, mode=tvio.ImageReadMode.RGB)
-
-
-_NVIMGCODEC = {}  # pid -> decoder: one per process, made after the DataLoader forks
-
-
-def _roi_decoder():
-    """nvImageCodec's CPU decoder (libjpeg-turbo; installed with DALI), or None without it."""
-    pid = os.getpid()
-    if pid not in _NVIMGCODEC:
-        try:
-            from nvidia import nvimgcodec
-            _NVIMGCODEC[pid] = (nvimgcodec, nvimgcodec.Decoder(
-                device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]),
-                # as torchvision.io decodes (evaluation, other backends): EXIF orientation not applied
-                nvimgcodec.DecodeParams(apply_exif_orientation=False))
-        except Exception:  # not installed (no DALI on this platform) or no CPU backend
-            _NVIMGCODEC[pid] = None
-    return _NVIMGCODEC[pid]
-
-
-def decode_crop(payload: bytes, crop_box) -> torch.Tensor:
-    """Decode only the region crop_box(height, width) -> (top, left, h, w) chooses: uint8 CHW in
-    channels-last memory. With nvImageCodec, libjpeg-turbo skips the rows and columns outside the
-    crop (pixels identical to a full decode and crop, tested; 0.32 against 0.38 ms for the loader
-    benchmark's crops, 43% of the area on average); without it, torchvision decodes the whole image
-    and crops."""
-    codec = _roi_decoder()
-    if codec is not None:
-        nvimgcodec, decoder, params = codec
-        stream = nvimgcodec.CodeStream(payload)
-        top, left, h, w = crop_box(stream.height, stream.width)
-        region = nvimgcodec.Region(top, left, top + h, left + w)
-        img = decoder.decode(stream.get_sub_code_stream(region=region), params=params)
-        if img is None:
-            raise RuntimeError("nvImageCodec could not decode the image")
-        hwc = torch.from_numpy(np.asarray(img.cpu()))
-        if hwc.shape == (h, w, 3):  # RGB whatever the source (grey and CMYK are converted)
-            return hwc.permute(2, 0, 1)
-    img = decode(payload)
-    top, left, h, w = crop_box(img.shape[-2], img.shape[-1])
-    return img[:, top:top + h, left:left + w].permute(1, 2, 0).contiguous().permute(2, 0, 1)
-
-
 def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
     alpha = torch.randn(3, generator=g) * std
     shift = _EIGVEC @ (alpha * _EIGVAL)
     return (img.float() + shift[:, None, None]).clamp_(0, 255).to(torch.uint8)
 
 
+class UndecodableSplit(UserError):
+    """Training found (nearly) nothing it can decode. Raised in a DataLoader worker, it reaches the
+    training process rebuilt by torch from a message that holds the worker's traceback: the one line
+    is taken back out of it, so the user still sees one line."""
+
+    def __init__(self, message: str):
+        lines = [ln for ln in message.splitlines() if f"{type(self).__name__}: " in ln]
+        super().__init__(lines[-1].split(f"{type(self).__name__}: ", 1)[1] if lines else message)
+
+
 class RecordDataset(Dataset):
     """Items are (record, epoch, position) from RankBatches. A batch of items comes back as one uint8
     tensor (N x transform.shape; in a worker, a slot of the BatchRing or fresh shared memory, so it
     crosses to the training process without a copy) and int64 labels; each sample is written into
-    its place in the batch."""
+    its place in the batch.
+
+    A record that does not decode: in training it is logged once and the next record takes its
+    place (a corrupt file must not end a multi-day run), but IN_A_ROW failures in a row, or more than
+    half of the records read once 4 x IN_A_ROW have failed, end the run with one line; in evaluation it is left out
+    (never counted twice) and flagged in `undecodable`, shared with the training process."""
+    IN_A_ROW = 16
 
     def __init__(self, records: RecordSet, transform, seed: int = 0, pca_std: float = 0.0, ring=None):
         self.records, self.transform, self.seed, self.pca_std = records, transform, seed, pca_std
         self.ring = ring
+        self.replace = isinstance(transform, TrainTransform)
+        self.undecodable = None if self.replace else \
+            torch.zeros(len(records), dtype=torch.uint8).share_memory_()
         self._reported = set()
+        self._read, self._failed = 0, 0
 
-    def _fill(self, item, out: torch.Tensor) -> int:
+    def _load(self, j: int, seed: int, out: torch.Tensor) -> int:
+        header, payload = recordio.unpack(self.records.read(j))
+        label = header.label if header.flag == 0 else header.label[0]  # the first of several labels
+        self.transform(payload, seed, out)
+        return int(label)
+
+    def _fill(self, item, out: torch.Tensor):
+        """The item's image into `out`; its label, or None (evaluation) when it does not decode."""
         i, epoch, position = item
         seed = sample_seed(self.seed, epoch, position)
-        for attempt in range(len(self.records)):
+        for attempt in range(min(self.IN_A_ROW, len(self.records)) if self.replace else 1):
             j = (i + attempt) % len(self.records)
+            self._read += 1
             try:
-                header, payload = recordio.unpack(self.records.read(j))
-                self.transform(payload, seed, out)
-                label = header.label if header.flag == 0 else header.label[0]
+                label = self._load(j, seed, out)
                 break
             except Exception as exc:  # a corrupt record must not kill a multi-day run
-                if j not in self._reported:
-                    self._reported.add(j)
-                    log.warning("corrupt record skipped (%s): %s; using the next record instead",
-                                self.records.where(j), exc)
+                self._failed += 1
+                self._report(j, exc)
+                if not self.replace:
+                    self.undecodable[j] = 1
+                    return None
+                if self._failed >= 4 * self.IN_A_ROW and self._failed * 2 > self._read:
+                    raise UndecodableSplit(f"{self._failed} of {self._read} records read do not decode "
+                                           f"(the latest: {self.records.where(j)}: {exc}); check the split "
+                                           "with tools/im2rec.py --verify PREFIX") from None
         else:
-            raise RuntimeError(f"no readable record in {self.records.where(i)} and all after it")
+            raise UndecodableSplit(f"{self.IN_A_ROW} records in a row do not decode, from "
+                                   f"{self.records.where(i)} on; check the split with "
+                                   "tools/im2rec.py --verify PREFIX")
         if self.pca_std:
             g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, position, LIGHTING))
             out.copy_(pca_lighting(out, self.pca_std, g))
-        return int(label)
+        return label
+
+    def _report(self, j: int, exc: Exception):
+        if j not in self._reported:
+            self._reported.add(j)
+            what = "using the next record instead" if self.replace else "not counted in this evaluation"
+            log.warning("corrupt record skipped (%s): %s; %s", self.records.where(j), exc, what)
 
     def __getitems__(self, items):
-        """In a worker with a free ring slot: (slot, labels); otherwise (images, labels)."""
+        """In a worker with a free ring slot: (slot, labels); otherwise (images, labels). Images are
+        packed from the front: a record left out (evaluation) leaves no hole."""
         worker, ring = get_worker_info(), self.ring
         slot = ring.take(worker.id) if ring is not None and worker is not None else None
         if slot is not None:
@@ -215,9 +209,19 @@ class RecordDataset(Dataset):
                 torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
         else:
             images = torch.empty((len(items), *self.transform.shape), dtype=torch.uint8)
-        labels = [self._fill(item, images[k]) for k, item in enumerate(items)]
+        labels = []
+        for item in items:
+            label = self._fill(item, images[len(labels)])
+            if label is not None:
+                labels.append(label)
         labels = torch.tensor(labels, dtype=torch.int64)
-        return (images if slot is None else slot), labels
+        return (images[:len(labels)] if slot is None else slot), labels
+
+    def undecodable_records(self):
+        """Where each record evaluation left out is (`file key K offset O`), in record order."""
+        if self.undecodable is None:
+            return []
+        return [self.records.where(int(j)) for j in torch.nonzero(self.undecodable).flatten()]
 
     def __getitem__(self, item):
         images, labels = self.__getitems__([item])
@@ -263,6 +267,10 @@ class TorchLoader:
     @property
     def num_samples(self):
         return self.batches.num_samples
+
+    def undecodable_records(self):
+        """Records an evaluation left out because they do not decode (see RecordDataset)."""
+        return self.loader.dataset.undecodable_records()
 
     def __iter__(self):
         # with workers busy decoding on every core, the CPU normalisation runs on one thread:

@@ -5,15 +5,15 @@ import os
 
 import numpy as np
 import pandas as pd
+import torch
 
 from toolkit.atomic import atomic_open
 from toolkit.data import dataset_info
 from toolkit.data.workers import end_workers
-from toolkit.engine import checkpoint, dist
+from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import from_dict, override
 from toolkit.engine.run import stalled_error
 from toolkit.engine.trainer import evaluate, make_eval_loader, prepare_model
-from toolkit.errors import UserError
 
 
 def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:
@@ -29,6 +29,23 @@ def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:
     return pd.DataFrame({"class": np.arange(n), "name": names if names and len(names) == n else [str(i) for i in range(n)],
                          "support": support, "predicted": predicted, "precision": precision,
                          "recall": recall, "f1": f1})
+
+
+def class_names(names, num_classes: int):
+    """classes.tsv's names, numbers for the classes of a model trained with more (--num-classes)."""
+    names = list(names or [])
+    return names + [str(i) for i in range(len(names), num_classes)] if len(names) < num_classes else names
+
+
+def undecodable(loader, env) -> list:
+    """Records of the split the evaluation left out (they do not decode), over every rank: where
+    each is, in record order. Empty for a loader that does not flag them."""
+    dataset = getattr(getattr(loader, "loader", None), "dataset", None)
+    flags = getattr(dataset, "undecodable", None)
+    if flags is None:
+        return []
+    flags = dist.all_reduce_max(flags.to(env.device, torch.int32)).cpu()
+    return [dataset.records.where(int(j)) for j in torch.nonzero(flags).flatten()]
 
 
 def write_csv(df: pd.DataFrame, path: str, index: bool = False):
@@ -47,22 +64,22 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         cfg = override(from_dict(state["config"]), timeout=timeout)
         data = data or cfg.data
         info = dataset_info(data)
-        num_classes = cfg.num_classes
-        if info.num_classes and info.num_classes != num_classes:
-            raise UserError(f"{data}: {info.num_classes} classes, but {path} was trained for "
-                            f"{num_classes}; pass the --data the model was trained on")
+        num_classes = cfg.num_classes  # may be above classes.tsv's count: training allows it
+        preflight.check_eval_labels(data, split, num_classes, path, env)
+        out_dir = out_dir or cfg.logs_dir
+        preflight.on_main(env, lambda: preflight.writable_dir(out_dir, "--out-dir"))
         model = prepare_model(override(cfg, sync_bn=False), env)  # no SyncBatchNorm needed to evaluate
         model.load_state_dict(state["model"])
         val_loader = make_eval_loader(cfg, env, data, split, batch_size, loader, workers, ten_crop)
         result = evaluate(model, val_loader, env, num_classes, cfg.amp)
+        result["undecodable"] = left_out = undecodable(val_loader, env)
         if not env.main:
             return 0
         stem = os.path.splitext(os.path.basename(path))[0] + f"-{split}" + ("-10crop" if ten_crop else "")
-        out_dir = out_dir or cfg.logs_dir
         per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
         confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
         confusion = result["confusion"].numpy()
-        table = per_class_table(confusion, info.class_names)
+        table = per_class_table(confusion, class_names(info.class_names, num_classes))
         write_csv(table, per_class_csv)
         labels = list(table["name"])
         write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
@@ -71,12 +88,16 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         print(f"{path} on {data} split {split} ({crops}, {result['images']} images, world size {env.world}): "
               f"rank-1 {result['accuracy']:.4f}, rank-5 {result['top_k_accuracy_5']:.4f}, "
               f"cross-entropy {result['cross-entropy']:.4f}")
+        if left_out:
+            print(f"{len(left_out)} undecodable record(s) not counted: {'; '.join(left_out[:5])}"
+                  + (f"; ... ({len(left_out) - 5} more)" if len(left_out) > 5 else ""))
         worst = table.sort_values("f1").head(5)
         print("lowest F1: " + ", ".join(f"{r.name} {r.f1:.3f}" for r in worst.itertuples()))
         print(f"per-class precision/recall/F1: {per_class_csv}\nconfusion matrix: {confusion_csv}")
         if as_json:
             print(json.dumps({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
                               "cross_entropy": result["cross-entropy"], "images": result["images"],
+                              "undecodable": len(left_out), "undecodable_records": left_out,
                               "checkpoint": path, "split": split, "ten_crop": ten_crop,
                               "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}))
         return 0

@@ -14,11 +14,11 @@ import time
 import torch
 
 from toolkit.data.workers import end_workers, stalled
-from toolkit.engine import checkpoint, determinism, dist
+from toolkit.engine import checkpoint, determinism, dist, preflight
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.signals import StopRequest
-from toolkit.engine.trainer import Trainer, resolve_num_classes
+from toolkit.engine.trainer import Trainer
 from toolkit.errors import Stalled, UserError
 
 TOY = "data/toy"
@@ -84,6 +84,15 @@ def recorded(run_fn):
     return wrapper
 
 
+def preflight_paths(cfg: TrainConfig, env) -> str:
+    """The output folders, checked before the log opens: the problem's one line, or ''."""
+    try:
+        preflight.check_output_dirs(cfg, env)
+    except UserError as exc:
+        return exc.message
+    return ""
+
+
 @recorded
 def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
     determinism.apply(cfg.deterministic)  # before any GPU work
@@ -94,11 +103,17 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
             print(f"Error: {clash}", file=sys.stderr)
         dist.teardown()
         return 2
+    problem = preflight_paths(cfg, env)
+    if problem:
+        if env.main:
+            print(f"Error: {problem}", file=sys.stderr)
+        dist.teardown()
+        return 2
     stop = StopRequest().install()
     log = setup_logging(os.path.join(cfg.logs_dir, cfg.prefix + ".log"), env.main)
     try:
         ensure_data(cfg, env)
-        cfg = resolve_num_classes(cfg)
+        cfg = preflight.settle_num_classes(cfg, env, log)
         result = Trainer(cfg, env, log, state, resumed_from, stop).fit()
         if result.get("stopped"):
             log.info(f"to resume: {resume_command(cfg, env)}")
@@ -111,14 +126,14 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
             log.error(f"Error: {exc.message}")
         return 2
     except (Stalled, RuntimeError) as exc:  # a worker or a rank that stopped answering: one line, any rank
-        stalled = exc if isinstance(exc, Stalled) else stalled_error(exc, env, cfg.timeout)
-        if stalled is None:
+        lost = exc if isinstance(exc, Stalled) else stalled_error(exc, env, cfg.timeout)
+        if lost is None:
             raise
-        log.error(f"Error: {stalled.message}")
+        log.error(f"Error: {lost.message}")
         end_workers()
         if env.world > 1:  # a collective can no longer finish: do not wait for it in teardown
-            os._exit(stalled.exit_code)
-        return stalled.exit_code
+            os._exit(lost.exit_code)
+        return lost.exit_code
     finally:
         stop.uninstall()
         dist.teardown()
