@@ -12,6 +12,7 @@ import re
 import sys
 from typing import List
 
+import cv2
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -162,6 +163,10 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         if info.num_classes and info.num_classes != num_classes:
             raise UserError(f"{data}: {info.num_classes} classes, but the models were trained for "
                             f"{num_classes}; pass the --data they were trained on")
+        # one loader per member: the workers of the second are forked after this process normalised
+        # batches with OpenCV, and a fork with OpenCV's thread pool running hangs the new workers in
+        # cv2.setNumThreads (torch_backend._worker_init). Without a pool here, no hang.
+        cv2.setNumThreads(1)
         results, probs, labels = [], [], None
         for m in members:
             result, p, y = evaluate_member(m, env, data, split, batch_size, loader, workers, ten_crop)
