@@ -11,6 +11,7 @@ the model, described in the JSON. GoogLeNet's auxiliary heads run only in traini
 eval-mode graph has none.
 """
 import contextlib
+import copy
 import io
 import json
 import os
@@ -96,11 +97,20 @@ def sidecar(member, fmt: str, path: str, check: dict) -> dict:
             "class_names": meta["class_names"], "parity": check, "torch": torch.__version__}
 
 
+def without_aux_heads(model):
+    """A copy without GoogLeNet's auxiliary heads: they run only in training, but torch.export would
+    still carry their weights."""
+    if isinstance(getattr(model, "aux", None), torch.nn.ModuleList) and len(model.aux):
+        model = copy.deepcopy(model)
+        model.aux, model.aux_at = torch.nn.ModuleList(), {}
+    return model
+
+
 def export(member, fmt: str, out: str, atol: float = 1e-3, rtol: float = 1e-3) -> dict:
     """Write `out` (and `out`.json) for one checkpoint, or raise UserError when the check fails."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: valid: {', '.join(FORMATS)}")
-    model = member.model.cpu().float().eval()
+    model = without_aux_heads(member.model.cpu().float().eval())
     t0 = time.perf_counter()
     program = trace(model, member.meta)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
