@@ -22,5 +22,9 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={
+        # tools/export.py --format onnx: the dynamo-based exporter (onnxscript) and the parity check
+        "export": ["onnx>=1.16,<2", "onnxscript>=0.2,<1", "onnxruntime>=1.18,<2"],
+        "test": ["pytest>=7", "pytest-timeout", "onnx>=1.16,<2", "onnxscript>=0.2,<1", "onnxruntime>=1.18,<2"],
+    },
 )

@@ -56,6 +56,10 @@ def test_every_family_exports_and_matches(recipe, tmp_path):
         side = json.loads(open(out + ".json").read())
         assert side["class_names"] == ["a", "b", "c", "d"] and side["preprocessing"]["mean"] == [120.0, 110.0, 100.0]
         assert side["input"]["shape"][0] == "batch"
+        if fmt == "onnx":
+            import onnx
+            graph = onnx.load(out).graph
+            assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     if recipe == "googlenet":
         assert any("aux" in k for k in member.model.state_dict())
         assert not any("aux" in k for k in torch.export.load(str(tmp_path / "m.pt2")).state_dict)

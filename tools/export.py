@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from toolkit.inference.export import FORMATS, default_out, export
+from toolkit.inference.export import FORMATS, default_out, export, require_onnx
 from toolkit.inference.meta import load_member, resolve
 
 
@@ -29,6 +29,8 @@ from toolkit.inference.meta import load_member, resolve
 @click.option("--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
 def main(fmt, out, prefix, epoch, checkpoint_path, checkpoints_dir, data, atol, rtol):
     from toolkit.engine import checkpoint
+    if fmt == "onnx":
+        require_onnx()  # before any work
     if checkpoint_path:
         path = resolve(checkpoint_path)
     else:

@@ -12,6 +12,7 @@ eval-mode graph has none.
 """
 import contextlib
 import copy
+import importlib.util
 import io
 import json
 import os
@@ -50,6 +51,11 @@ def write_onnx(program, path: str):
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=["input"], output_names=["logits"],
                                          verbose=False)
         onnx_program.save(path)
+    import onnx
+    model = onnx.load(path)
+    for value in (model.graph.input[0], model.graph.output[0]):  # the exporter names it s0, s77, ...
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(model, path)
 
 
 def run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
@@ -106,10 +112,20 @@ def without_aux_heads(model):
     return model
 
 
+def require_onnx():
+    """ONNX export is optional (setup.py extra `export`): one line when its packages are missing."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--format onnx needs {', '.join(missing)}: pip install -e '.[export]' "
+                        "(or pip install onnx onnxscript onnxruntime)")
+
+
 def export(member, fmt: str, out: str, atol: float = 1e-3, rtol: float = 1e-3) -> dict:
     """Write `out` (and `out`.json) for one checkpoint, or raise UserError when the check fails."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: valid: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_onnx()
     model = without_aux_heads(member.model.cpu().float().eval())
     t0 = time.perf_counter()
     program = trace(model, member.meta)
