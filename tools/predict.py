@@ -39,6 +39,8 @@ from toolkit.inference.predict import run
 @click.option("--amp", type=click.Choice(("auto", "off", "bf16", "fp16")), default="auto", show_default=True,
               help="Mixed precision (auto: bf16 on a GPU, off on the CPU).")
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on a GPU.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds a decoding worker or another rank may stay silent before the run ends with one line.")
 @click.option("--quiet", is_flag=True, help="No table on the terminal (the CSV/JSON only).")
 def main(inputs, **options):
     sys.exit(run(list(inputs), **options))

@@ -12,14 +12,16 @@ import re
 import sys
 from typing import List
 
-import cv2
 import pandas as pd
 import torch
 import torch.nn as nn
 
 from toolkit.data import dataset_info
+from toolkit.data.workers import end_workers
 from toolkit.engine import dist
+from toolkit.engine.config import override
 from toolkit.engine.evaluation import per_class_table, write_csv
+from toolkit.engine.run import stalled_error
 from toolkit.engine.trainer import evaluate, make_eval_loader
 from toolkit.errors import UserError
 from toolkit.inference.meta import check_same_classes, load_member, resolve
@@ -151,22 +153,21 @@ def report(members, results, ens, info, data, split, ten_crop, out_dir, env) -> 
 
 
 def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, split="val", ten_crop=False,
-                            batch_size=None, loader="auto", workers=2, out_dir=None, as_json=False) -> int:
+                            batch_size=None, loader="auto", workers=2, out_dir=None, as_json=False,
+                            timeout=300.0) -> int:
     if len(specs) < 2:
         raise UserError("--ensemble needs two or more models (PREFIX:EPOCH or .pt paths)")
-    env = dist.setup()
+    env = dist.setup(timeout)
     try:
         members = load_members(specs, checkpoints_dir)
+        for m in members:
+            m.cfg = override(m.cfg, timeout=timeout)
         data = data or members[0].cfg.data
         info = dataset_info(data)
         num_classes = members[0].meta["num_classes"]
         if info.num_classes and info.num_classes != num_classes:
             raise UserError(f"{data}: {info.num_classes} classes, but the models were trained for "
                             f"{num_classes}; pass the --data they were trained on")
-        # one loader per member: the workers of the second are forked after this process normalised
-        # batches with OpenCV, and a fork with OpenCV's thread pool running hangs the new workers in
-        # cv2.setNumThreads (torch_backend._worker_init). Without a pool here, no hang.
-        cv2.setNumThreads(1)
         results, probs, labels = [], [], None
         for m in members:
             result, p, y = evaluate_member(m, env, data, split, batch_size, loader, workers, ten_crop)
@@ -184,5 +185,11 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
             print(json.dumps(summary))
         sys.stdout.flush()
         return 0
+    except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line
+        stalled = stalled_error(exc, env, timeout)
+        if stalled is None:
+            raise
+        end_workers()
+        raise stalled from None
     finally:
         dist.teardown()

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from toolkit import recordio
 from toolkit.atomic import atomic_open
+from toolkit.data import workers as worker_procs
 from toolkit.data.discovery import open_split
 from toolkit.data.torch_backend import build_transform, normalize
 from toolkit.engine import checkpoint, dist
@@ -138,16 +139,19 @@ def member_probs(member, images, env, amp: str, channels_last: bool) -> torch.Te
 
 
 def predict_probs(members, sources: Sources, env, batch_size=64, workers=2, ten_crop=False, amp="off",
-                  channels_last=False, progress=False):
+                  channels_last=False, progress=False, timeout=300.0):
     """This rank's slice: (indices, mean softmax over members [n, C] on CPU, [(index, reason)])."""
     n = len(sources)
     lo, hi = n * env.rank // env.world, n * (env.rank + 1) // env.world
     transforms, which = transforms_for(members, ten_crop)
+    # workers as the evaluation loader's: from the fork server, set up alike, every wait bounded
     loader = DataLoader(PredictDataset(sources, range(lo, hi), transforms), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate, timeout=600 if workers else 0)
+                        num_workers=workers, collate_fn=_collate, timeout=timeout if workers else 0,
+                        multiprocessing_context=worker_procs.context() if workers else None,
+                        worker_init_fn=worker_procs.worker_init, prefetch_factor=4 if workers else None)
     done, probs, failed = [], [], []
     with tqdm(total=n, desc="predict", unit="img", disable=not progress) as bar:
-        for indices, images, errors in loader:
+        for indices, images, errors in _bounded(loader):
             failed += errors
             if indices:
                 p = sum(member_probs(m, images[t], env, amp, channels_last) for m, t in zip(members, which))
@@ -156,6 +160,18 @@ def predict_probs(members, sources: Sources, env, batch_size=64, workers=2, ten_
             bar.update((len(indices) + len(errors)) * env.world)
     num_classes = members[0].meta["num_classes"]
     return done, torch.cat(probs) if probs else torch.zeros(0, num_classes), failed
+
+
+def _bounded(loader):
+    """The loader's batches; a worker that died or gave no batch in time is one line (Stalled)."""
+    try:
+        yield from loader
+    except (RuntimeError, ConnectionError, EOFError) as exc:
+        stalled = worker_procs.stalled(exc, loader, "the images")
+        if stalled is None:
+            raise
+        worker_procs.end_workers()
+        raise stalled from None
 
 
 def gather_rows(sources: Sources, done, probs, failed, class_names, top_k: int):
@@ -205,7 +221,7 @@ def write_outputs(rows, top_k: int, csv_path=None, json_path=None):
 
 
 def run_predict(members, sources: Sources, env, top_k=5, csv_path=None, json_path=None, batch_size=64,
-                workers=2, ten_crop=False, amp="auto", channels_last=None, quiet=False) -> int:
+                workers=2, ten_crop=False, amp="auto", channels_last=None, quiet=False, timeout=300.0) -> int:
     cuda = env.device.type == "cuda"
     amp = ("bf16" if cuda else "off") if amp == "auto" else amp
     channels_last = cuda if channels_last is None else channels_last
@@ -216,7 +232,7 @@ def run_predict(members, sources: Sources, env, top_k=5, csv_path=None, json_pat
     t0 = time.perf_counter()
     progress = env.main and sys.stderr.isatty() and len(sources) > batch_size
     done, probs, failed = predict_probs(members, sources, env, batch_size, workers, ten_crop, amp,
-                                        channels_last, progress)
+                                        channels_last, progress, timeout)
     rows = gather_rows(sources, done, probs, failed, members[0].meta["class_names"], top_k)
     seconds = time.perf_counter() - t0
     if not env.main:
@@ -253,9 +269,7 @@ def run(inputs, prefix=None, epoch=None, checkpoint_path=None, ensemble=(), chec
     files = None if split else gather_files(inputs, root)
     members = load_members(specs, checkpoints_dir, data)
     sources = Sources(files, data or members[0].cfg.data, split)
-    if split and data is None and not os.path.isdir(members[0].cfg.data):
-        raise UserError(f"--split {split}: the run's dataset folder {members[0].cfg.data} is not here; pass --data DIR")
-    env = dist.setup()
+    env = dist.setup(options.get("timeout", 300.0))
     try:
         return run_predict(members, sources, env, **options)
     finally:
