@@ -102,7 +102,7 @@ def test_predict_top1_matches_evaluate(runs, tmp_path):
     lst = os.path.join(runs["data"], "toy_val.lst")
     out = run_tool("tools/predict.py", "--checkpoint", runs["A"], lst, str(bad), "--root",
                    os.path.join(runs["data"], "images"), "--csv", tmp_path / "p.csv", "--json", tmp_path / "p.json",
-                   "--top-k", "3", "--workers", "1", env=ENV1, check=False)
+                   "--top-k", "3", "--workers", "0", env=ENV1, check=False)
     assert out.returncode == 0, out.stderr
     assert sum(str(bad) in line for line in out.stdout.splitlines()) == 1
     table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
