@@ -96,6 +96,7 @@ def test_predict_same_pixels_as_eval_loader(runs):
     assert torch.equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_predict_top1_matches_evaluate(runs, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not a jpeg")
@@ -193,6 +194,7 @@ def test_ensemble_with_ten_crop(runs, tmp_path, capsys):
     assert summary["rank1"] == int((mean.argmax(1) == labels).sum()) / 24
 
 
+@pytest.mark.slow
 def test_averaged_checkpoint_resumes_and_evaluates(runs, tmp_path, capsys):
     path = run_average(runs["ck"], "A", 2, workers=0)
     assert path == checkpoint.checkpoint_path(runs["ck"], "A-avg2", 2)
