@@ -30,5 +30,9 @@ setup(
         # tools/visualize.py: Grad-CAM and occlusion (toolkit/visualize/heatmaps.py)
         "captum>=0.7,<1",
     ],
-    extras_require={"test": ["pytest>=7,<10", "pytest-timeout<3"]},
+    extras_require={
+        # tools/export.py --format onnx: the dynamo-based exporter (onnxscript) and the parity check
+        "export": ["onnx>=1.16,<2", "onnxscript>=0.2,<1", "onnxruntime>=1.18,<2"],
+        "test": ["pytest>=7,<10", "pytest-timeout<3", "onnx>=1.16,<2", "onnxscript>=0.2,<1", "onnxruntime>=1.18,<2"],
+    },
 )

@@ -3,6 +3,7 @@
 
     tools/evaluate.py --epoch 30                          # checkpoints/PREFIX-0030.pt on its val split
     torchrun --nproc_per_node=8 tools/evaluate.py --prefix resnet50 --epoch 90 --ten-crop --json
+    tools/evaluate.py --ensemble resnet50:90 vgg16:74     # mean softmax of several runs, one table
 """
 import sys
 
@@ -10,12 +11,17 @@ import click
 
 from toolkit.cli import LOADERS
 from toolkit.engine.evaluation import run_evaluation
+from toolkit.errors import UserError
+from toolkit.inference.ensemble import expand_members, run_ensemble_evaluation
 
 
 @click.command(context_settings={"max_content_width": 100})
 @click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
 @click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
               help="Evaluate PREFIX-NNNN.pt; default: the newest checkpoint.")
+@click.option("--ensemble", multiple=True, metavar="P1:E1 P2:E2 ...",
+              help="Evaluate the mean softmax of these checkpoints (PREFIX:EPOCH or a .pt path), "
+                   "each member's and the ensemble's accuracy in one table.")
 @click.option("--checkpoints-dir", default="checkpoints", show_default=True)
 @click.option("--data", default=None, help="Dataset folder; default: the one the run trained on.")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate (val, test, ...).")
@@ -27,9 +33,13 @@ from toolkit.engine.evaluation import run_evaluation
               help="Seconds a loader worker or another rank may stay silent before the run ends with one line.")
 @click.option("--out-dir", default=None, help="Where the CSVs go; default: the run's logs folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
-def main(**kwargs):
-    sys.exit(run_evaluation(**kwargs))
+def main(ensemble, prefix, epoch, **kwargs):
+    if ensemble:
+        if prefix or epoch is not None:
+            raise UserError("--ensemble names its models itself (PREFIX:EPOCH ...); leave out --prefix and --epoch")
+        sys.exit(run_ensemble_evaluation(list(ensemble), **kwargs))
+    sys.exit(run_evaluation(prefix=prefix, epoch=epoch, **kwargs))
 
 
 if __name__ == "__main__":
-    main()
+    main(args=expand_members(sys.argv[1:]))

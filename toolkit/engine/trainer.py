@@ -26,6 +26,7 @@ from toolkit.engine.logs import Meter, header_lines
 from toolkit.engine.lr import CONTINUOUS, get_lr
 from toolkit.engine.optim import build_optimizer
 from toolkit.errors import UserError
+from toolkit.inference.meta import describe
 from toolkit.registry import build_model
 
 class NonFiniteLoss(UserError):
@@ -287,7 +288,8 @@ class Trainer:
                 "config": dict(vars(self.cfg)), "world_size": self.env.world,
                 "batch_size": self.cfg.batch_size, "train_sums": train_sums or [0.0] * 4,
                 "rng": {"scheme": "reseeded from (seed, epoch, batch, rank) at every step",
-                        "seed": self.cfg.seed}}
+                        "seed": self.cfg.seed},
+                "meta": describe(self.cfg)}  # classes, mean/std, input size: for predict and export
 
     def save_stop(self, epoch: int, batch: int, meter: Meter) -> dict:
         sums = dist.all_reduce_sum(meter.sums.clone()).tolist()

@@ -1,0 +1,100 @@
+"""What prediction needs to know about a checkpoint, stored in it ("meta") by the trainer, and a
+checkpoint's eval-mode network built from it.
+
+    describe(cfg)                  # the dict Trainer.state stores under "meta"
+    meta_of(state, path)           # a checkpoint's meta; older checkpoints: from their dataset folder
+    load_member(path)              # (model in eval mode, meta, config) of one checkpoint
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import torch
+
+from toolkit.data.discovery import dataset_info
+from toolkit.data.torch_backend import eval_resize_for
+from toolkit.engine import checkpoint
+from toolkit.engine.config import from_dict, override
+from toolkit.errors import UserError
+
+META_VERSION = 1
+PREPROCESSING = ("decode to RGB uint8 (torchvision.io), resize the shorter side to eval_resize (bilinear, "
+                 "antialiased), centre crop image_size x image_size, then (x - mean) / std per channel "
+                 "with mean/std on the 0-255 scale; NCHW float32")
+
+
+def describe(cfg, info=None) -> dict:
+    """The self-description of a run's checkpoints: classes, normalisation, input geometry."""
+    info = info or dataset_info(cfg.data)
+    num_classes = cfg.num_classes or info.num_classes
+    names = list(info.class_names) if info.class_names and len(info.class_names) == num_classes \
+        else [str(i) for i in range(num_classes or 0)]
+    return {"version": META_VERSION, "recipe": cfg.recipe, "num_classes": num_classes,
+            "class_names": names, "mean": [float(v) for v in info.mean], "std": [float(v) for v in info.std],
+            "image_size": int(cfg.image_size),
+            "eval_resize": int(eval_resize_for(cfg.image_size, cfg.eval_resize)),
+            "model_kwargs": cfg.model_kwargs(), "preprocessing": PREPROCESSING}
+
+
+def meta_of(state: dict, path: str, data: Optional[str] = None) -> dict:
+    """The checkpoint's meta; a checkpoint written before meta existed gets it from its configuration
+    and its dataset folder (or `data`), which must then exist."""
+    if "meta" in state:
+        return state["meta"]
+    cfg = from_dict(state["config"])
+    folder = data or cfg.data
+    if not os.path.isdir(folder):
+        raise UserError(f"{path} predates self-describing checkpoints and its dataset folder {folder} "
+                        "is not here: pass --data DIR (the folder it was trained on, for classes.tsv "
+                        "and mean/std)")
+    return describe(cfg, dataset_info(folder))
+
+
+@dataclasses.dataclass
+class Member:
+    """One checkpoint ready to run: eval-mode model, its meta and configuration."""
+    path: str
+    model: torch.nn.Module
+    meta: dict
+    cfg: object
+
+
+def build_eval_model(cfg, state: dict) -> torch.nn.Module:
+    from toolkit.engine.trainer import prepare_model
+    from toolkit.engine.dist import DistEnv
+    env = DistEnv(0, 0, 1, torch.device("cpu"))
+    model = prepare_model(override(cfg, sync_bn=False, channels_last=False), env)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def load_member(path: str, data: Optional[str] = None) -> Member:
+    state = checkpoint.load(path)
+    if "model" not in state or "config" not in state:
+        raise UserError(f"{path}: not a cnn-toolkit checkpoint (no model or config in it)")
+    cfg = from_dict(state["config"])
+    return Member(path, build_eval_model(cfg, state), meta_of(state, path, data), cfg)
+
+
+def resolve(spec: str, checkpoints_dir: str = "checkpoints") -> str:
+    """A member spec: PREFIX:EPOCH, PREFIX (its newest checkpoint) or a path to a .pt file."""
+    if spec.endswith(".pt") or os.path.sep in spec and os.path.isfile(spec):
+        if not os.path.isfile(spec):
+            raise UserError(f"{spec}: checkpoint not found")
+        return spec
+    prefix, sep, epoch = spec.rpartition(":")
+    if not sep:
+        return checkpoint.find(checkpoints_dir, spec, None)
+    if not epoch.isdigit() or not prefix:
+        raise UserError(f"{spec!r}: a model is PREFIX:EPOCH (e.g. resnet18:30), PREFIX or a .pt path")
+    return checkpoint.find(checkpoints_dir, prefix, int(epoch))
+
+
+def check_same_classes(members):
+    """Members of an ensemble must share their classes (count and, where known, names)."""
+    first = members[0]
+    for m in members[1:]:
+        if m.meta["num_classes"] != first.meta["num_classes"] or m.meta["class_names"] != first.meta["class_names"]:
+            raise UserError(f"{m.path} has {m.meta['num_classes']} classes ({', '.join(m.meta['class_names'][:3])}, "
+                            f"...), {first.path} {first.meta['num_classes']} ({', '.join(first.meta['class_names'][:3])}, "
+                            "...): an ensemble needs models trained on the same classes")
