@@ -110,11 +110,11 @@ def open_split(data_dir: str, split: str) -> RecordSet:
 
 
 def labels_of(records: RecordSet) -> np.ndarray:
-    """Every record's (first) label, read from the headers only."""
+    """Every record's label (recordio.first_label: the first of a multi-label record), read from the
+    headers only."""
     out = np.empty(len(records), dtype=np.int64)
     for i in range(len(records)):
         reader = records.readers[records.shard[i]]
         head, _ = reader.read_at(int(reader.offsets[records.local[i]]))
-        lab = recordio.unpack_label(head)
-        out[i] = int(lab if np.isscalar(lab) else lab[0])
+        out[i] = int(recordio.first_label(recordio.unpack_label(head)))
     return out

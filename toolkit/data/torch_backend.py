@@ -164,9 +164,14 @@ def decode_crop(payload: bytes, crop_box) -> torch.Tensor:
     return img[:, top:top + h, left:left + w].permute(1, 2, 0).contiguous().permute(2, 0, 1)
 
 
-def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+def lighting_shift(std: float, g: torch.Generator) -> torch.Tensor:
+    """AlexNet's PCA lighting: the RGB shift added to every pixel (both backends draw it here)."""
     alpha = torch.randn(3, generator=g) * std
-    shift = _EIGVEC @ (alpha * _EIGVAL)
+    return _EIGVEC @ (alpha * _EIGVAL)
+
+
+def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    shift = lighting_shift(std, g)
     return (img.float() + shift[:, None, None]).clamp_(0, 255).to(torch.uint8)
 
 
@@ -189,7 +194,7 @@ class RecordDataset(Dataset):
             try:
                 header, payload = recordio.unpack(self.records.read(j))
                 self.transform(payload, seed, out)
-                label = header.label if header.flag == 0 else header.label[0]
+                label = recordio.first_label(header.label)
                 break
             except Exception as exc:  # a corrupt record must not kill a multi-day run
                 if j not in self._reported:

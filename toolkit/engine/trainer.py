@@ -165,7 +165,8 @@ class Trainer:
 
     def _log_start(self, resumed_from):
         params = sum(p.numel() for p in self.model.parameters())
-        for line in header_lines(self.cfg, self.env, self.train_loader.backend, params):
+        loader = getattr(self.train_loader, "choice", self.train_loader.backend)  # "dali (auto: GPU decode)"
+        for line in header_lines(self.cfg, self.env, loader, params):
             self.log.info(line)
         if resumed_from:
             lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
