@@ -49,9 +49,10 @@ def choose_backend(backend: str, device: torch.device, ten_crop: bool = False, c
 def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=224, eval_resize=None,
                  rank=0, world_size=1, seed=0, backend="auto", device=torch.device("cpu"), workers=2,
                  channels_last=False, dtype=torch.float32, ten_crop=False, color_jitter=0.0,
-                 pca_lighting=0.0, min_scale=0.08):
+                 pca_lighting=0.0, min_scale=0.08, timeout=300.0):
     """A loader over split `split` of `data_dir` for this rank (see the module docstring); its
-    `backend` names the backend and `choice` says why it was chosen."""
+    `backend` names the backend and `choice` says why it was chosen. `timeout`: seconds a wait for a
+    batch may last before the run ends with one line (torch backend, toolkit/data/workers.py)."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     chosen, why = choose_backend(backend, device, ten_crop, color_jitter if train else 0.0)
@@ -67,6 +68,7 @@ def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=
         from toolkit.data.torch_backend import TorchLoader, build_transform
         transform = build_transform(train, image_size, eval_resize, ten_crop, color_jitter, min_scale)
         loader = TorchLoader(records, batches, transform, device, workers, info.mean, info.std,
-                             channels_last, dtype, pca_lighting if train else 0.0, seed)
+                             channels_last, dtype, pca_lighting if train else 0.0, seed, timeout,
+                             f"split {split!r} of {data_dir}")
     loader.choice = f"{chosen} ({why})"
     return loader
