@@ -66,7 +66,7 @@ def make_loaders(cfg: TrainConfig, env):
         split_files(cfg.data, cfg.val_split)
     except UserError:
         return train, None
-    return train, make_eval_loader(cfg, env)
+    return train, make_eval_loader(cfg, env, backend=train.backend)  # validation decodes as training
 
 
 def prepare_model(cfg: TrainConfig, env) -> nn.Module:
