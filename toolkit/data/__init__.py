@@ -28,11 +28,12 @@ def choose_backend(backend: str, device: torch.device, ten_crop: bool = False, c
     otherwise; an explicit `--loader dali` that cannot is one line."""
     if backend not in BACKENDS:
         raise UserError(f"--loader {backend}: valid loaders are {', '.join(BACKENDS)}")
-    torch_only = [name for name, on in (("--ten-crop", ten_crop), ("--color-jitter", color_jitter)) if on]
+    names = [name for name, on in (("--ten-crop", ten_crop), ("--color-jitter", color_jitter)) if on]
+    torch_only = f"{' and '.join(names)} need{'s' if len(names) == 1 else ''}" if names else ""
     if backend == "dali" and not dali_available():
         raise UserError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
     if backend == "dali" and torch_only:
-        raise UserError(f"--loader dali: {' and '.join(torch_only)} need --loader torch (or --loader auto)")
+        raise UserError(f"--loader dali: {torch_only} --loader torch (or --loader auto)")
     if backend != "auto":
         return backend, f"--loader {backend}"
     if device.type != "cuda":
@@ -42,7 +43,7 @@ def choose_backend(backend: str, device: torch.device, ten_crop: bool = False, c
     if not dali_available():
         return "torch", "auto: nvidia-dali is not installed"
     if torch_only:
-        return "torch", f"auto: {' and '.join(torch_only)} are torch-only"
+        return "torch", f"auto: {torch_only} the torch backend"
     return "dali", "auto: GPU decode"
 
 

@@ -126,7 +126,7 @@ class BatchSource:
 
 
 def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, math, pipeline_def, types
 
     @pipeline_def(**kw)
     def pipe():
@@ -142,8 +142,8 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
             images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
             if pca:  # as the torch backend: add the shift, clamp, back to uint8 (truncating)
                 shift = fn.reshape(outputs[5].gpu() if gpu else outputs[5], shape=[1, 1, 3])
-                images = fn.math.clamp(fn.cast(images, dtype=types.FLOAT) + shift, 0.0, 255.0)
-                images = fn.cast(fn.math.floor(images), dtype=types.UINT8)
+                images = math.clamp(fn.cast(images, dtype=types.FLOAT) + shift, 0.0, 255.0)
+                images = fn.cast(math.floor(images), dtype=types.UINT8)
         else:
             images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
             images = fn.resize(images, resize_shorter=resize, antialias=True)
