@@ -154,6 +154,12 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
     return pipe()
 
 
+def start_method(gpu: bool) -> str:
+    """How DALI starts the source's worker processes: a forked worker cannot use CUDA once the parent
+    has it (DALI's rule), so spawn on GPUs; fork on the CPU (no imports to repeat)."""
+    return "spawn" if gpu else "fork"
+
+
 class DaliLoader:
     """The loader contract (set_epoch(epoch, start_batch), len, iteration) over a DALI pipeline that
     lives across epochs: rebuilt only when set_epoch does not continue where it stands."""
@@ -186,8 +192,8 @@ class DaliLoader:
                              self.epoch, self.start)
         parallel = self.workers > 0
         extra = {}
-        if parallel:  # a forked worker cannot use CUDA once the parent has it: spawn on GPUs
-            extra = dict(py_num_workers=max(1, self.workers // 4), py_start_method="spawn" if gpu else "fork")
+        if parallel:  # one Python worker reads for every 4 decoding threads (reading is ~3% of decoding)
+            extra = dict(py_num_workers=max(1, self.workers // 4), py_start_method=start_method(gpu))
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if gpu else None
         pipe = _pipeline(source, self.train, self.size, self.resize, self.mean, self.std, gpu,
