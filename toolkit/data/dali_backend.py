@@ -16,6 +16,10 @@ both backends crop, flip and light each sample alike (pixels differ by the decod
 rounding). EXIF orientation is applied by DALI's decoder; the window is drawn on the oriented size.
 Colour jitter and ten-crop are torch-only (`choose_backend` falls back to torch for them).
 
+The pipeline lives across epochs and is rebuilt only when set_epoch does not continue it (a resume,
+an abandoned epoch); between epochs it stays idle. The "mixed" decode and the source's spawned
+workers on GPUs share all their logic with the CPU path the tests run; unverified on GPU.
+
 The label of a record is `recordio.first_label`: the first label of a multi-label record.
 A record DALI cannot decode stops the run with DALI's message (DALI cannot substitute a sample); use
 `--loader torch`, which logs and replaces corrupt records, or repair the shard.
