@@ -67,6 +67,13 @@ def unpack_label(record: bytes):
     return label
 
 
+def first_label(label) -> float:
+    """The class of a record from its label(s) (`IRHeader.label` or `unpack_label`): the label, or the
+    FIRST label of a multi-label record (flag > 0, MXNet's im2rec --pack-label). The one label rule of
+    both loaders and of every label check."""
+    return float(label) if np.isscalar(label) else float(np.asarray(label).reshape(-1)[0])
+
+
 # ---------------------------------------------------------------- framing
 
 def _ceil4(n: int) -> int:

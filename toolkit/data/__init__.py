@@ -22,41 +22,54 @@ def dali_available() -> bool:
         return False
 
 
-def choose_backend(backend: str, device: torch.device, ten_crop: bool = False) -> str:
+def choose_backend(backend: str, device: torch.device, ten_crop: bool = False, color_jitter: float = 0.0):
+    """(backend, why): the loader a run gets and the reason, for the log. `auto` takes DALI on a GPU
+    when it is installed and can do what the run asks (not ten-crop, not colour jitter), torch
+    otherwise; an explicit `--loader dali` that cannot is one line."""
     if backend not in BACKENDS:
         raise UserError(f"--loader {backend}: valid loaders are {', '.join(BACKENDS)}")
+    names = [name for name, on in (("--ten-crop", ten_crop), ("--color-jitter", color_jitter)) if on]
+    torch_only = f"{' and '.join(names)} need{'s' if len(names) == 1 else ''}" if names else ""
     if backend == "dali" and not dali_available():
         raise UserError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130)")
+    if backend == "dali" and torch_only:
+        raise UserError(f"--loader dali: {torch_only} --loader torch (or --loader auto)")
     if backend != "auto":
-        return backend
-    if ten_crop or not dali_available():
-        return "torch"
-    # GPU: DALI decodes on the GPU (nvJPEG). CPU: tools/benchmark.py loader measured the torch
-    # backend about 1.7x the DALI one on a 2-core machine (README); it is also bit-exact across a
-    # stop and resume and replaces corrupt records.
-    return "dali" if device.type == "cuda" else "torch"
+        return backend, f"--loader {backend}"
+    if device.type != "cuda":
+        # CPU: tools/benchmark.py loader measures the torch backend ahead of the DALI one (README);
+        # it also replaces corrupt records
+        return "torch", "auto: the CPU's loader"
+    if not dali_available():
+        return "torch", "auto: nvidia-dali is not installed"
+    if torch_only:
+        return "torch", f"auto: {torch_only} the torch backend"
+    return "dali", "auto: GPU decode"
 
 
 def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=224, eval_resize=None,
                  rank=0, world_size=1, seed=0, backend="auto", device=torch.device("cpu"), workers=2,
                  channels_last=False, dtype=torch.float32, ten_crop=False, color_jitter=0.0,
                  pca_lighting=0.0, min_scale=0.08, timeout=300.0):
-    """A loader over split `split` of `data_dir` for this rank (see the module docstring). `timeout`:
-    seconds a wait for a batch may last before the run ends with one line (toolkit/data/workers.py)."""
+    """A loader over split `split` of `data_dir` for this rank (see the module docstring); its
+    `backend` names the backend and `choice` says why it was chosen. `timeout`: seconds a wait for a
+    batch may last before the run ends with one line (torch backend, toolkit/data/workers.py)."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    chosen, why = choose_backend(backend, device, ten_crop, color_jitter if train else 0.0)
     records = open_split(data_dir, split)
     info = dataset_info(data_dir)
-    chosen = choose_backend(backend, device, ten_crop)
+    # both backends read each epoch in this sampler's order (one permutation per (seed, epoch))
+    batches = RankBatches(len(records), batch_size, rank, world_size, train, seed)
     if chosen == "dali":
         from toolkit.data.dali_backend import DaliLoader
-        if ten_crop or color_jitter or pca_lighting:
-            raise UserError("ten-crop, colour jitter and PCA lighting need --loader torch")
-        return DaliLoader(records, batch_size, rank, world_size, train, image_size, eval_resize, seed,
-                          device, workers, info.mean, info.std, channels_last, dtype, min_scale)
-    from toolkit.data.torch_backend import TorchLoader, build_transform
-    batches = RankBatches(len(records), batch_size, rank, world_size, train, seed)
-    transform = build_transform(train, image_size, eval_resize, ten_crop, color_jitter, min_scale)
-    return TorchLoader(records, batches, transform, device, workers, info.mean, info.std,
-                       channels_last, dtype, pca_lighting if train else 0.0, seed, timeout,
-                       f"split {split!r} of {data_dir}")
+        loader = DaliLoader(records, batches, image_size, eval_resize, seed, device, workers, info.mean,
+                            info.std, channels_last, dtype, min_scale, pca_lighting if train else 0.0)
+    else:
+        from toolkit.data.torch_backend import TorchLoader, build_transform
+        transform = build_transform(train, image_size, eval_resize, ten_crop, color_jitter, min_scale)
+        loader = TorchLoader(records, batches, transform, device, workers, info.mean, info.std,
+                             channels_last, dtype, pca_lighting if train else 0.0, seed, timeout,
+                             f"split {split!r} of {data_dir}")
+    loader.choice = f"{chosen} ({why})"
+    return loader

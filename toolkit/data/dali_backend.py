@@ -1,31 +1,47 @@
-"""The `dali` backend: fn.readers.mxnet over all shards, decode on the GPU ("mixed") when CUDA is
-there and on the CPU otherwise, random-resized-crop, flip and normalisation as DALI ops.
+"""The `dali` backend: our RecordIO reader feeds DALI, in the order of the shared sampler; DALI decodes
+(on the GPU, "mixed", when CUDA is there; on the CPU otherwise), resizes, flips and normalises.
 
-Traps handled: the reader takes ONE .idx, so several shards get a
-combined index whose offsets run through the files laid end to end; the pipeline is rebuilt for
-every epoch with a reader seed derived from (seed, epoch), so the order is deterministic per epoch
-and the epoch length is the same on every rank and every epoch (floor of the smallest shard over
-the batch: the remainder is dropped on purpose); `pad_last_batch=True` with PARTIAL batches in
-evaluation yields each record of a rank's shard exactly once. Resume at batch k replays the first k
-batches of that epoch's pipeline (exact, costs k batches of input work once).
-A corrupt JPEG makes DALI's decoder raise: the run stops with DALI's message (it cannot substitute a
-sample); use `--loader torch`, which logs and replaces corrupt records, or repair the shard.
+Order: each batch is `RankBatches.batch(b)`, the same records, epoch and positions the torch backend
+reads (one permutation per (seed, epoch), each rank its slice of every global batch), fed through
+`fn.external_source` (batch mode; with `workers` > 0, in a worker process of DALI's, `parallel=True`).
+A resume at batch k starts the sampler at k: nothing is read or decoded twice. Evaluation reads every
+image of the rank's contiguous share exactly once, the last batch partial, as the torch backend does.
+
+Augmentation: the crop window (torchvision's RandomResizedCrop algorithm, `TrainTransform.crop_box`),
+the flip and the PCA-lighting shift are drawn in the external source from the generators the torch
+backend uses, seeded by (seed, epoch, position); DALI decodes only that window
+(`decoders.image_slice`) and does no random draws of its own. So a sample's augmentation depends on
+nothing but (seed, epoch, position): a resumed epoch is bit-identical to the uninterrupted one, and
+both backends crop, flip and light each sample alike (pixels differ by the decoders' and resizers'
+rounding). EXIF orientation is applied by DALI's decoder; the window is drawn on the oriented size.
+Colour jitter and ten-crop are torch-only (`choose_backend` falls back to torch for them).
+
+The pipeline lives across epochs and is rebuilt only when set_epoch does not continue it (a resume,
+an abandoned epoch); between epochs it stays idle. The "mixed" decode and the source's spawned
+workers on GPUs share all their logic with the CPU path the tests run; unverified on GPU.
+
+The label of a record is `recordio.first_label`: the first label of a multi-label record.
+A record DALI cannot decode stops the run with DALI's message (DALI cannot substitute a sample); use
+`--loader torch`, which logs and replaces corrupt records, or repair the shard.
 """
 import hashlib
+import io
 import os
 import tempfile
 
+import numpy as np
 import torch
 
+from toolkit import recordio
 from toolkit.atomic import atomic_open
 from toolkit.data.discovery import RecordSet
-from toolkit.data.sampler import DALI, sample_seed
-from toolkit.data.torch_backend import eval_resize_for
-from toolkit.errors import UserError
+from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
+from toolkit.data.torch_backend import TrainTransform, eval_resize_for, lighting_shift
 
 
 def combined_index(records: RecordSet) -> str:
-    """One .idx over all shards, offsets as if the .rec files were concatenated (DALI's rule)."""
+    """One .idx over all shards, offsets as if the .rec files were concatenated: what DALI's
+    readers.mxnet needs for several shards (tools/benchmark.py loader's baseline (a) uses it)."""
     if len(records.files) == 1:
         return records.files[0][1]
     key = hashlib.sha1(repr([(r, os.path.getsize(r), os.path.getmtime(r)) for r, _ in records.files])
@@ -41,20 +57,97 @@ def combined_index(records: RecordSet) -> str:
     return path
 
 
-def _pipeline(recs, idx, shard, world, train, size, resize, mean, std, gpu, reader_seed, min_scale, **kw):
-    from nvidia.dali import fn, pipeline_def, types
+_EXIF_SWAPS = {5, 6, 7, 8}  # orientations that turn the image a quarter: height and width swap
+
+
+def image_size(payload: bytes):
+    """(height, width) of an encoded image as DALI's decoder outputs it (EXIF orientation applied),
+    from its header: nvImageCodec's parser (installed with DALI; microseconds), Pillow for the
+    orientation tag when the header holds EXIF and for what nvImageCodec does not parse."""
+    try:
+        from nvidia import nvimgcodec
+        stream = nvimgcodec.CodeStream(payload)
+        height, width = stream.height, stream.width
+        if b"Exif\0\0" not in payload[:65536]:
+            return height, width
+    except Exception:  # not installed, or a format it does not parse: Pillow reads the header
+        pass
+    from PIL import Image
+    with Image.open(io.BytesIO(payload)) as img:
+        width, height = img.size
+        orientation = img.getexif().get(0x0112)
+    return (width, height) if orientation in _EXIF_SWAPS else (height, width)
+
+
+class BatchSource:
+    """The external source: BatchInfo -> one batch's encoded images, labels and augmentation draws.
+
+    Stateless as DALI's parallel mode needs: batch `iteration` of pipeline epoch `epoch_idx` is
+    sampler batch `iteration` (+ start0 in the first) of epoch `epoch0 + epoch_idx`; the loader
+    rebuilds the pipeline when a run asks for another sequence (set_epoch out of turn)."""
+
+    def __init__(self, records: RecordSet, batches: RankBatches, crop: TrainTransform, seed: int,
+                 pca_std: float, epoch0: int, start0: int):
+        self.records, self.batches, self.crop, self.seed = records, batches, crop, seed
+        self.pca_std, self.epoch0, self.start0 = pca_std, epoch0, start0
+
+    def __call__(self, info):
+        b = info.iteration + (self.start0 if info.epoch_idx == 0 else 0)
+        if b >= len(self.batches):
+            raise StopIteration
+        if self.batches.train:  # evaluation's order does not depend on the epoch
+            self.batches.set_epoch(self.epoch0 + info.epoch_idx)
+        items = self.batches.batch(b)
+        encoded, labels = [], np.empty(len(items), np.int64)
+        for k, (i, _, _) in enumerate(items):
+            header, payload = recordio.unpack(self.records.read(i))
+            encoded.append(np.frombuffer(payload, np.uint8))
+            labels[k] = int(recordio.first_label(header.label))
+        if self.crop is None:
+            return encoded, labels
+        return (encoded, labels, *self.draws(items, encoded))
+
+    def draws(self, items, encoded):
+        """Per sample, as TrainTransform and RecordDataset draw them: crop start (x, y) and shape
+        (w, h), mirror, and with PCA lighting the RGB shift."""
+        n = len(items)
+        start, shape = np.empty((n, 2), np.int32), np.empty((n, 2), np.int32)
+        mirror, shift = np.empty(n, np.int32), np.empty((n, 3), np.float32)
+        for k, ((i, epoch, position), payload) in enumerate(zip(items, encoded)):
+            try:
+                height, width = image_size(payload)
+            except Exception as exc:
+                raise RuntimeError(f"{self.records.where(i)}: not a readable image ({exc}); "
+                                   "use --loader torch (replaces corrupt records) or repair the shard")
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, position))
+            top, left, h, w = self.crop.crop_box(height, width, g)
+            start[k], shape[k] = (left, top), (w, h)
+            mirror[k] = torch.rand(1, generator=g).item() < 0.5
+            if self.pca_std:
+                g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, position, LIGHTING))
+                shift[k] = lighting_shift(self.pca_std, g).numpy()
+        return (start, shape, mirror, shift) if self.pca_std else (start, shape, mirror)
+
+
+def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
+    from nvidia.dali import fn, math, pipeline_def, types
 
     @pipeline_def(**kw)
     def pipe():
-        jpegs, labels = fn.readers.mxnet(path=recs, index_path=[idx], shard_id=shard, num_shards=world,
-                                         random_shuffle=train, stick_to_shard=True,
-                                         pad_last_batch=True, seed=reader_seed, name="reader")
         device = "mixed" if gpu else "cpu"
+        extra = dict(parallel=True, prefetch_queue_depth=2) if parallel else {}
+        outputs = fn.external_source(source, num_outputs=(5 + pca) if train else 2, batch=True,
+                                     batch_info=True, **extra)
+        jpegs, labels = outputs[:2]
         if train:
-            images = fn.decoders.image_random_crop(jpegs, device=device, output_type=types.RGB,
-                                                   random_area=[min_scale, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+            start, shape, mirror = outputs[2:5]
+            images = fn.decoders.image_slice(jpegs, start, shape, device=device, output_type=types.RGB,
+                                             normalized_anchor=False, normalized_shape=False)
             images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
-            mirror = fn.random.coin_flip(probability=0.5)
+            if pca:  # as the torch backend: add the shift, clamp, back to uint8 (truncating)
+                shift = fn.reshape(outputs[5].gpu() if gpu else outputs[5], shape=[1, 1, 3])
+                images = math.clamp(fn.cast(images, dtype=types.FLOAT) + shift, 0.0, 255.0)
+                images = fn.cast(math.floor(images), dtype=types.UINT8)
         else:
             images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
             images = fn.resize(images, resize_shorter=resize, antialias=True)
@@ -65,57 +158,82 @@ def _pipeline(recs, idx, shard, world, train, size, resize, mean, std, gpu, read
     return pipe()
 
 
+def start_method(gpu: bool) -> str:
+    """How DALI starts the source's worker processes: a forked worker cannot use CUDA once the parent
+    has it (DALI's rule), so spawn on GPUs; fork on the CPU (no imports to repeat)."""
+    return "spawn" if gpu else "fork"
+
+
 class DaliLoader:
+    """The loader contract (set_epoch(epoch, start_batch), len, iteration) over a DALI pipeline that
+    lives across epochs: rebuilt only when set_epoch does not continue where it stands."""
     backend = "dali"
 
-    def __init__(self, records: RecordSet, batch_size, rank, world, train, image_size, eval_resize,
-                 seed, device, workers, mean, std, channels_last=False, dtype=torch.float32, min_scale=0.08):
-        self.records, self.batch_size, self.rank, self.world = records, batch_size, rank, world
-        self.train, self.size, self.seed, self.device = train, image_size, seed, device
+    def __init__(self, records: RecordSet, batches: RankBatches, image_size, eval_resize, seed, device,
+                 workers, mean, std, channels_last=False, dtype=torch.float32, min_scale=0.08, pca_std=0.0):
+        self.records, self.batches, self.size, self.seed = records, batches, image_size, seed
+        self.train, self.device, self.workers, self.mean, self.std = batches.train, device, workers, mean, std
         self.resize = eval_resize_for(image_size, eval_resize)
-        self.workers, self.mean, self.std = max(1, workers), mean, std
-        self.channels_last, self.dtype, self.min_scale = channels_last, dtype, min_scale
-        self.idx = combined_index(records)
-        n = len(records)
-        self.shard_size = n * (rank + 1) // world - n * rank // world
-        if train and n // world < batch_size:
-            raise UserError(f"batch size {batch_size} is larger than a rank's share of the "
-                            f"{n} records ({n // world}); lower --batch-size")
+        self.channels_last, self.dtype, self.pca_std = channels_last, dtype, pca_std if batches.train else 0.0
+        self.crop = TrainTransform(image_size, min_scale) if batches.train else None
         self.epoch, self.start = 0, 0
+        self._live = None  # [iterator, epoch0, epochs done, reset due]: the pipeline, where it stands
 
     def __len__(self):
-        if self.train:  # same on every rank: the smallest shard decides
-            return (len(self.records) // self.world) // self.batch_size
-        return -(-self.shard_size // self.batch_size)
+        return len(self.batches)
 
     @property
     def num_samples(self):
-        return len(self) * self.batch_size if self.train else self.shard_size
+        return self.batches.num_samples
 
     def set_epoch(self, epoch: int, start_batch: int = 0):
         self.epoch, self.start = epoch, start_batch
 
-    def _iterator(self):
+    def _build(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         gpu = self.device.type == "cuda"
-        s = sample_seed(self.seed, self.epoch, stream=DALI) % (2 ** 31)
-        pipe = _pipeline([r for r, _ in self.records.files], self.idx, self.rank, self.world,
-                         self.train, self.size, self.resize, self.mean, self.std, gpu, s, self.min_scale,
-                         batch_size=self.batch_size, num_threads=self.workers, seed=s + self.rank,
-                         device_id=(self.device.index or 0) if gpu else None, prefetch_queue_depth=2)
-        policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
-        return DALIGenericIterator([pipe], ["images", "labels"], reader_name="reader",
-                                   last_batch_policy=policy, auto_reset=False)
+        source = BatchSource(self.records, self.batches, self.crop, self.seed, self.pca_std,
+                             self.epoch, self.start)
+        parallel = self.workers > 0
+        extra = {}
+        if parallel:  # one Python worker reads for every 4 decoding threads (reading is ~3% of decoding)
+            extra = dict(py_num_workers=max(1, self.workers // 4), py_start_method=start_method(gpu))
+        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+            if gpu else None
+        pipe = _pipeline(source, self.train, self.size, self.resize, self.mean, self.std, gpu,
+                         bool(self.pca_std), parallel, batch_size=self.batches.batch_size,
+                         num_threads=max(1, self.workers), device_id=device_id, prefetch_queue_depth=2,
+                         seed=sample_seed(self.seed, 0) % 2 ** 31, **extra)
+        iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
+                                       last_batch_policy=LastBatchPolicy.PARTIAL)
+        self._live = [iterator, self.epoch, 0, False]
+
+    def _continues(self) -> bool:
+        """Does the live pipeline's next epoch begin with (self.epoch, self.start)?"""
+        if self._live is None or self.start != 0:
+            return False
+        return not self.train or self._live[1] + self._live[2] == self.epoch
 
     def __iter__(self):
-        it = self._iterator()
-        for b, out in enumerate(it):
-            if b >= len(self):
-                break
-            if b < self.start:
-                continue
-            x, y = out[0]["images"], out[0]["labels"]
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x.to(self.dtype), y.view(-1).to(self.device, torch.int64)
+        if self.start >= len(self):
+            return
+        if not self._continues():
+            self._live = None  # the old pipeline and its workers go first
+            self._build()
+        live, finished = self._live, False
+        if live[3]:  # reset only now: between epochs the pipeline stays idle (no thread busy when,
+            live[0].reset()  # say, a DataLoader forks its workers), then prefetches this epoch
+            live[3] = False
+        try:
+            for out in live[0]:
+                x, y = out[0]["images"], out[0]["labels"]
+                x = x.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield x.to(self.dtype), y.view(-1).to(self.device, torch.int64)
+            finished = True
+        finally:
+            if finished:  # the pipeline goes on with the next epoch
+                live[2], live[3] = live[2] + 1, True
+            elif self._live is live:  # abandoned mid-epoch: rebuilt on the next iteration
+                self._live = None

@@ -29,6 +29,7 @@ class RankBatches:
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
         self.train, self.seed = train, seed
         self.epoch, self.start = 0, 0
+        self._order = None  # ((seed, epoch), permutation) of the last epoch asked for
         if train and n < batch_size * world:
             raise UserError(f"batch size {batch_size} x {world} process(es) is larger than the "
                             f"{n} training records; lower --batch-size")
@@ -54,17 +55,21 @@ class RankBatches:
         return len(self) * self.batch_size if self.train else hi - lo
 
     def order(self) -> np.ndarray:
-        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, stream=ORDER))
-        return torch.randperm(self.n, generator=g).numpy()
+        if self._order is None or self._order[0] != (self.seed, self.epoch):
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, stream=ORDER))
+            self._order = ((self.seed, self.epoch), torch.randperm(self.n, generator=g).numpy())
+        return self._order[1]
+
+    def batch(self, b: int) -> list:
+        """Batch b of the current epoch, whatever the start: the DALI backend's external source asks
+        for batches by number, from worker processes."""
+        if self.train:
+            perm, first = self.order(), b * self.batch_size * self.world + self.rank * self.batch_size
+            return [(int(perm[p]), self.epoch, p) for p in range(first, first + self.batch_size)]
+        lo, hi = self._eval_range()
+        first = lo + b * self.batch_size
+        return [(p, self.epoch, p) for p in range(first, min(first + self.batch_size, hi))]
 
     def __iter__(self):
-        if self.train:
-            perm, g = self.order(), self.batch_size * self.world
-            for b in range(self.start, len(self)):
-                first = b * g + self.rank * self.batch_size
-                yield [(int(perm[p]), self.epoch, p) for p in range(first, first + self.batch_size)]
-        else:
-            lo, hi = self._eval_range()
-            for b in range(self.start, len(self)):
-                first = lo + b * self.batch_size
-                yield [(p, self.epoch, p) for p in range(first, min(first + self.batch_size, hi))]
+        for b in range(self.start, len(self)):
+            yield self.batch(b)

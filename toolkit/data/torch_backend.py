@@ -118,9 +118,14 @@ class TrainTransform:
         return out
 
 
-def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+def lighting_shift(std: float, g: torch.Generator) -> torch.Tensor:
+    """AlexNet's PCA lighting: the RGB shift added to every pixel (both backends draw it here)."""
     alpha = torch.randn(3, generator=g) * std
-    shift = _EIGVEC @ (alpha * _EIGVAL)
+    return _EIGVEC @ (alpha * _EIGVAL)
+
+
+def pca_lighting(img: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    shift = lighting_shift(std, g)
     return (img.float() + shift[:, None, None]).clamp_(0, 255).to(torch.uint8)
 
 
@@ -157,7 +162,7 @@ class RecordDataset(Dataset):
 
     def _load(self, j: int, seed: int, out: torch.Tensor) -> int:
         header, payload = recordio.unpack(self.records.read(j))
-        label = header.label if header.flag == 0 else header.label[0]  # the first of several labels
+        label = recordio.first_label(header.label)  # the first of a multi-label record
         self.transform(payload, seed, out)
         return int(label)
 

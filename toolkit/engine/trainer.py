@@ -67,7 +67,7 @@ def make_loaders(cfg: TrainConfig, env):
         split_files(cfg.data, cfg.val_split)
     except UserError:
         return train, None
-    return train, make_eval_loader(cfg, env)
+    return train, make_eval_loader(cfg, env, backend=train.backend)  # validation decodes as training
 
 
 def prepare_model(cfg: TrainConfig, env) -> nn.Module:
@@ -167,7 +167,8 @@ class Trainer:
 
     def _log_start(self, resumed_from):
         params = sum(p.numel() for p in self.model.parameters())
-        for line in header_lines(self.cfg, self.env, self.train_loader.backend, params):
+        loader = getattr(self.train_loader, "choice", self.train_loader.backend)  # "dali (auto: GPU decode)"
+        for line in header_lines(self.cfg, self.env, loader, params):
             self.log.info(line)
         if resumed_from:
             lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
