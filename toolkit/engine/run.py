@@ -64,10 +64,13 @@ def recorded(run_fn):
     from toolkit.journal import status_path
 
     def write(cfg, status, **extra):
-        os.makedirs(cfg.logs_dir or ".", exist_ok=True)
-        with atomic_open(status_path(cfg.logs_dir, cfg.prefix)) as f:
-            json.dump({"status": status, "pid": os.getpid(), "host": socket.gethostname(),
-                       "time": time.time(), **extra}, f)
+        try:
+            os.makedirs(cfg.logs_dir or ".", exist_ok=True)
+            with atomic_open(status_path(cfg.logs_dir, cfg.prefix)) as f:
+                json.dump({"status": status, "pid": os.getpid(), "host": socket.gethostname(),
+                           "time": time.time(), **extra}, f)
+        except OSError:  # an unwritable --logs-dir: the run's pre-flight check says so in one line
+            pass
 
     @functools.wraps(run_fn)
     def wrapper(cfg: TrainConfig, state=None, resumed_from=None) -> int:
