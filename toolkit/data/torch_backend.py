@@ -329,8 +329,12 @@ class BatchRing:
 
 
 def _worker_init(_worker_id):
-    # workers share the terminal's process group: Ctrl-C is the training process's to handle
+    # workers share the terminal's process group, and torchrun and SLURM signal it all: Ctrl-C and
+    # SIGTERM are the training process's to handle (it stops cleanly, or kills its workers on a
+    # second signal; toolkit/engine/signals.py). A SIGTERM here would end the worker and make the
+    # DataLoader raise in the training process before it could save its stop checkpoint.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
