@@ -90,7 +90,7 @@ def _format(df: pd.DataFrame) -> str:
         return "  (no checkpoints)"
     fmt = {"lr": lambda v: "-" if pd.isna(v) else f"{v:.5g}",
            "val-accuracy": lambda v: v if isinstance(v, str) else ("-" if pd.isna(v) else f"{v:.4f}")}
-    return df.to_string(index=False, formatters=fmt, justify="left")
+    return df.to_string(index=False, formatters=fmt, justify="left", na_rep="-")
 
 
 def listing(directory: str, prefix: Optional[str]) -> str:
