@@ -131,6 +131,7 @@ def test_interrupt_and_resume_is_bit_identical(nproc, data, tmp_path):
     c = tmp_path / "c"
     (c / "ck").mkdir(parents=True)
     shutil.copy(tmp_path / "b" / "ck" / "b-0001.pt", c / "ck" / "b-0001.pt")
+    shutil.copy(tmp_path / "b" / "ck" / "b-0001.val.json", c / "ck")  # its validation was done
     resume(nproc, c, "b", "--epoch", "1", "--logs-dir", str(c / "logs"))
     assert_same_weights(tmp_path / "a" / "ck" / "a-0003.pt", c / "ck" / "b-0003.pt")
     assert validation_lines(str(c / "logs" / "b.log")) == validation_lines(log_a)[3:]
@@ -205,7 +206,7 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(data, tmp
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert re.search(r"the loss became (nan|inf|-inf) at Epoch\[1\] Batch \[\d+\]", proc.stderr), proc.stderr
     assert (tmp_path / "ck" / "nan-0001.pt").read_bytes() == before
-    assert sorted(os.listdir(tmp_path / "ck")) == ["nan-0001.pt"]
+    assert sorted(os.listdir(tmp_path / "ck")) == ["nan-0001.pt", "nan-0001.val.json"]
 
 
 @pytest.mark.oracle

@@ -13,7 +13,6 @@ import math
 import os
 from typing import List, Optional, Tuple
 
-import pandas as pd
 import torch
 
 from toolkit.engine import checkpoint
@@ -79,18 +78,27 @@ def describe(path: str) -> dict:
             "file": os.path.basename(path)}
 
 
-def table(directory: str, prefix: str) -> pd.DataFrame:
+def table(directory: str, prefix: str) -> List[dict]:
     found = checkpoint.list_checkpoints(directory, prefix).get(prefix, {})
-    rows = [describe(found[k]) for k in sorted(found)]
-    return pd.DataFrame(rows, columns=["epoch", "batch", "lr", "val-accuracy", "file"])
+    return [describe(found[k]) for k in sorted(found)]
 
 
-def _format(df: pd.DataFrame) -> str:
-    if df.empty:
+def _cell(v, fmt: str = "{:.5g}") -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v) if isinstance(v, float) else str(v)
+
+
+def _format(rows: List[dict]) -> str:
+    if not rows:
         return "  (no checkpoints)"
-    fmt = {"lr": lambda v: "-" if pd.isna(v) else f"{v:.5g}",
-           "val-accuracy": lambda v: v if isinstance(v, str) else ("-" if pd.isna(v) else f"{v:.4f}")}
-    return df.to_string(index=False, formatters=fmt, justify="left", na_rep="-")
+    cols = ["epoch", "batch", "lr", "val-accuracy", "file"]
+    cells = [cols] + [[_cell(r["epoch"]), _cell(r["batch"]), _cell(r["lr"]),
+                       _cell(r["val-accuracy"], "{:.4f}"), r["file"]] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 def listing(directory: str, prefix: Optional[str]) -> str:
