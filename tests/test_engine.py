@@ -436,3 +436,22 @@ def test_a_stop_during_validation_ends_the_pass_and_a_resume_runs_it_first(tmp_p
     assert log.lines.index(first[0]) < min(i for i, line in enumerate(log.lines) if line.startswith("Epoch[1] Batch"))
     assert checkpoint.load_validation(path)["epoch"] == 0
     assert sorted(os.listdir(tmp_path)) == ["s-0001.pt", "s-0001.val.json", "s-0002.pt", "s-0002.val.json"]
+
+
+def test_the_printed_resume_command_gives_torchrun_the_processes_per_node(monkeypatch):
+    from toolkit.engine.dist import DistEnv
+    from toolkit.engine.run import resume_command
+    c = make_config("resnet50", prefix="r50")
+    env = DistEnv(rank=0, local_rank=0, world=32, device=torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "4")
+    command = resume_command(c, env)
+    assert command.startswith("torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d ")
+    assert "tools/resume.py --prefix r50" in command and "on each of the 4 nodes" in command
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    assert resume_command(c, DistEnv(0, 0, 2, torch.device("cpu"))) == \
+        "torchrun --nproc_per_node=2 tools/resume.py --prefix r50"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.delenv("GROUP_WORLD_SIZE")
+    assert resume_command(c, DistEnv(0, 0, 1, torch.device("cpu"))) == "tools/resume.py --prefix r50"

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmarks: `tools/benchmark.py im2rec|loader|train|parse-log ...`; see `--help` of each."""
+"""Benchmarks: `tools/benchmark.py im2rec|loader|train|parse-log|checkpoint ...`; see `--help` of each."""
 import importlib
 
 import click
 
 # each benchmark is a click command named `cli` in toolkit/benchmarks/<module>.py
-_COMMANDS = {"im2rec": "im2rec", "loader": "loader", "train": "train", "parse-log": "parse_log"}
+_COMMANDS = {"im2rec": "im2rec", "loader": "loader", "train": "train", "parse-log": "parse_log",
+             "checkpoint": "checkpoint"}
 
 
 class _LazyGroup(click.Group):
