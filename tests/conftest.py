@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the MXNet 1.9.1 fixtures and the oracle interpreter."""
+"""Test fixtures: the MXNet 1.9.1 files (tests/data/mxnet191) and the oracle interpreter."""
 import os
 import pathlib
 import subprocess
@@ -7,14 +7,14 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "mxnet191"
+FIXTURES = REPO / "tests" / "data" / "mxnet191"
 MXNET_PYTHON = os.environ.get("MXNET_PYTHON", str(REPO / ".mxnet-venv" / "bin" / "python"))
 
 
 @pytest.fixture(scope="session")
 def mxnet191() -> pathlib.Path:
-    """Files written by the real MXNet 1.9.1 (shared/fixtures/mxnet191)."""
-    assert FIXTURES.is_dir(), f"fixtures not found at {FIXTURES}: check out shared/ beside the repo"
+    """Files written by the real MXNet 1.9.1, kept in the repository (made by their make.py)."""
+    assert FIXTURES.is_dir(), f"fixtures not found at {FIXTURES}: restore tests/data/ from git"
     return FIXTURES
 
 

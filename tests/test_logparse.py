@@ -1,5 +1,5 @@
 """toolkit.logparse / plots and tools/plot_log.py: MXNet 1.9.1's own logs, every era and trap of
-shared/docs/formats.md §5, a round trip through our trainer, MXNet's parse_log.py as the oracle."""
+MXNet's log formats, a round trip through our trainer, MXNet's parse_log.py as the oracle."""
 import math
 import re
 import shutil

@@ -1,4 +1,4 @@
-"""RecordIO against files written by the real MXNet 1.9.1 (shared/fixtures/mxnet191)."""
+"""RecordIO against files written by the real MXNet 1.9.1 (tests/data/mxnet191)."""
 import json
 import os
 import pickle

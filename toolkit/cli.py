@@ -88,6 +88,9 @@ _TRAIN_FLAGS = [
     click.option("--loader", type=click.Choice(LOADERS), default=None),
     click.option("--workers", "-j", type=click.IntRange(min=0), default=None,
                  help="Loader workers/threads per process."),
+    click.option("--timeout", type=click.FloatRange(min=1), default=None,
+                 help="Seconds a loader worker or another rank may stay silent before the run ends with "
+                      "one line naming it (300; raise it for slow network file systems)."),
     click.option("--min-crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None,
                  help="Smallest area of RandomResizedCrop (0.08 for ImageNet)."),
     click.option("--eval-resize", type=click.IntRange(min=1), default=None,

@@ -12,3 +12,12 @@ class UserError(click.ClickException):
 
     def __init__(self, message: str):
         super().__init__(message)
+
+
+class Stalled(click.ClickException):
+    """A process or a collective that stopped answering (a hung or dead loader worker, a rank that
+    never reaches a collective): the run ends in bounded time with this one line, exit status 1."""
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)

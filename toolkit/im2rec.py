@@ -150,6 +150,11 @@ def _encoded(jobs, processes: int, chunk: int = 8):
     if processes <= 1:
         yield from map(encode_item, jobs)
         return
+    # Forked (all at once, at the first submit: quick, and no worker still starting when Ctrl-C
+    # ends the pool). A fork copies OpenCV's thread pool in a broken state, and cv2.setNumThreads in
+    # the child then deadlocks (OpenCV 5.x): one thread here first leaves no pool to copy (the
+    # caller restores the count; this process only writes records meanwhile).
+    _one_core()
     executor = ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=_worker_init)
     try:
         pending = collections.deque()

@@ -2,7 +2,7 @@
 per-batch tables, with the points where the run was resumed and where the learning rate changed.
 
 No library parses MXNet logs (MXNet ships only tools/parse_log.py: three regexes and a markdown
-table), so this is hand-written against the line shapes of shared/docs/formats.md §5:
+table), so this is hand-written against the line shapes of MXNet's logs (toolkit/mxlog.py):
 Speedometer lines `Batch [50]` (one metric per line or all of them) and `Batch [0-50]`,
 `Train-`/`Validation-`/`Time cost` epoch lines (the FeedForward API has no `Train-` lines: the
 epoch's last batch line stands in), `Update[n]: Change learning rate to ...` and our resume marker.

@@ -1,4 +1,4 @@
-"""MXNet's training-log line shapes (shared/docs/formats.md §5), written by the engine and read by
+"""MXNet's training-log line shapes (Speedometer, fit loop), written by the engine and read by
 the log parser. Keeping both sides on these functions is what makes the round trip exact.
 
 Module-API shapes (MXNet >= 1.4):

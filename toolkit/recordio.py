@@ -1,4 +1,4 @@
-"""MXNet RecordIO, byte-compatible with MXNet 1.x and dmlc-core (see shared/docs/formats.md §1-3).
+"""MXNet RecordIO, byte-compatible with MXNet 1.x and dmlc-core (MXNet's recordio.py).
 
 Hand-written because no maintained library reads and writes this format outside MXNet itself
 (DALI only reads it). Readers use `os.pread` on a descriptor opened lazily in the calling process,

@@ -23,6 +23,8 @@ from toolkit.engine.evaluation import run_evaluation
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per process.")
 @click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds a loader worker or another rank may stay silent before the run ends with one line.")
 @click.option("--out-dir", default=None, help="Where the CSVs go; default: the run's logs folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def main(**kwargs):

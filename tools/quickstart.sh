@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole workflow on the built-in toy dataset, on the CPU, in a few minutes (set-up included):
+# The whole workflow on the built-in toy dataset, on the CPU, in a few minutes (set-up included;
+# --latest: on the newest versions setup.py allows instead of requirements-lock.txt):
 #   toy images -> .lst + .rec/.idx (tools/im2rec.py) -> torchrun with 2 processes -> Ctrl-C in the
 #   middle of an epoch -> tools/resume.py with a lower LR -> tools/evaluate.py -> tools/plot_log.py
 # Environment: QUICKSTART_DIR (default: the repo; data/, logs/, checkpoints/ under it),
@@ -8,9 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-bash tools/setup_env.sh
-PY=$REPO/.venv/bin/python
-TORCHRUN=$REPO/.venv/bin/torchrun
+VENV=.venv
+if [ "${1:-}" = "--latest" ]; then   # the newest versions setup.py allows, in .venv-latest
+    VENV=.venv-latest
+    bash tools/setup_env.sh --latest
+else
+    bash tools/setup_env.sh
+fi
+PY=$REPO/$VENV/bin/python
+TORCHRUN=$REPO/$VENV/bin/torchrun
 OUT=${QUICKSTART_DIR:-$REPO}
 EPOCHS=${QUICKSTART_EPOCHS:-12}
 STOP_EPOCH=${QUICKSTART_STOP_EPOCH:-5}

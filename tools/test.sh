@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # Set up (if needed) and run the whole test suite, the MXNet-oracle and end-to-end tests included.
+#   bash tools/test.sh [PYTEST ARGS]            on .venv, the versions of requirements-lock.txt
+#   bash tools/test.sh --latest [PYTEST ARGS]   on .venv-latest, the newest versions setup.py allows
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup_env.sh --oracle
-exec .venv/bin/python -m pytest "$@"
+if [ "${1:-}" = "--latest" ]; then
+    shift
+    bash tools/setup_env.sh --latest --oracle
+    VENV=.venv-latest
+else
+    bash tools/setup_env.sh --oracle
+    VENV=.venv
+fi
+exec "$VENV/bin/python" -m pytest "$@"

@@ -40,8 +40,9 @@ def choose_backend(backend: str, device: torch.device, ten_crop: bool = False) -
 def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=224, eval_resize=None,
                  rank=0, world_size=1, seed=0, backend="auto", device=torch.device("cpu"), workers=2,
                  channels_last=False, dtype=torch.float32, ten_crop=False, color_jitter=0.0,
-                 pca_lighting=0.0, min_scale=0.08):
-    """A loader over split `split` of `data_dir` for this rank (see the module docstring)."""
+                 pca_lighting=0.0, min_scale=0.08, timeout=300.0):
+    """A loader over split `split` of `data_dir` for this rank (see the module docstring). `timeout`:
+    seconds a wait for a batch may last before the run ends with one line (toolkit/data/workers.py)."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     records = open_split(data_dir, split)
@@ -57,4 +58,5 @@ def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=
     batches = RankBatches(len(records), batch_size, rank, world_size, train, seed)
     transform = build_transform(train, image_size, eval_resize, ten_crop, color_jitter, min_scale)
     return TorchLoader(records, batches, transform, device, workers, info.mean, info.std,
-                       channels_last, dtype, pca_lighting if train else 0.0, seed)
+                       channels_last, dtype, pca_lighting if train else 0.0, seed, timeout,
+                       f"split {split!r} of {data_dir}")

@@ -1,7 +1,7 @@
 """The `dali` backend: fn.readers.mxnet over all shards, decode on the GPU ("mixed") when CUDA is
 there and on the CPU otherwise, random-resized-crop, flip and normalisation as DALI ops.
 
-Traps handled (shared/docs/dali-notes.md): the reader takes ONE .idx, so several shards get a
+Traps handled: the reader takes ONE .idx, so several shards get a
 combined index whose offsets run through the files laid end to end; the pipeline is rebuilt for
 every epoch with a reader seed derived from (seed, epoch), so the order is deterministic per epoch
 and the epoch length is the same on every rank and every epoch (floor of the smallest shard over

@@ -11,7 +11,6 @@ epoch is bit-exact.
 import logging
 import math
 import os
-import signal
 
 import cv2
 import numpy as np
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from toolkit import imageops, recordio
 from toolkit.data.discovery import RecordSet
+from toolkit.data import workers as worker_procs
 from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,10 @@ class TorchLoader:
     backend = "torch"
 
     def __init__(self, records: RecordSet, batches: RankBatches, transform, device, workers: int,
-                 mean, std, channels_last=False, dtype=torch.float32, pca_std=0.0, seed=0):
+                 mean, std, channels_last=False, dtype=torch.float32, pca_std=0.0, seed=0, timeout=300.0,
+                 what="the records"):
         self.batches, self.device, self.dtype, self.channels_last = batches, device, dtype, channels_last
+        self.what = what  # for messages: "split 'train' of data/imagenet"
         prefetch = 4 if workers else None
         # CPU training: batch memory made once and reused (GPU: the pin-memory thread copies batches)
         self.ring = BatchRing.make(workers, prefetch + 1, (batches.batch_size, *transform.shape)) \
@@ -245,7 +247,9 @@ class TorchLoader:
         dataset = RecordDataset(records, transform, seed, pca_std, self.ring)
         self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_as_is,
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                                 prefetch_factor=prefetch, worker_init_fn=_worker_init)
+                                 prefetch_factor=prefetch, worker_init_fn=worker_procs.worker_init,
+                                 multiprocessing_context=worker_procs.context() if workers else None,
+                                 timeout=timeout if workers else 0)
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.outputs = OutputPool()
@@ -266,6 +270,15 @@ class TorchLoader:
         one_thread = self.device.type == "cpu" and self.loader.num_workers > 0
         if self.ring is not None:
             self.ring.new_generation()  # before the DataLoader drains an abandoned epoch's batches
+        try:
+            yield from self._batches(one_thread)
+        except (RuntimeError, ConnectionError, EOFError) as exc:  # a worker died or gave no batch in time
+            stalled = worker_procs.stalled(exc, self.loader, self.what)
+            if stalled is None:
+                raise
+            raise stalled from None
+
+    def _batches(self, one_thread: bool):
         for images, labels in self.loader:
             slot = None
             if isinstance(images, int):
@@ -326,17 +339,6 @@ class BatchRing:
 
     def release(self, slot: int):
         self.state.numpy()[slot] = 0
-
-
-def _worker_init(_worker_id):
-    # workers share the terminal's process group, and torchrun and SLURM signal it all: Ctrl-C and
-    # SIGTERM are the training process's to handle (it stops cleanly, or kills its workers on a
-    # second signal; toolkit/engine/signals.py). A SIGTERM here would end the worker and make the
-    # DataLoader raise in the training process before it could save its stop checkpoint.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 class OutputPool:

@@ -48,6 +48,7 @@ class TrainConfig:
     # input
     loader: str = "auto"
     workers: int = 2
+    timeout: float = 300.0               # seconds any wait (a batch, the other ranks) may last
     min_crop_scale: float = 0.08
     eval_resize: Optional[int] = None
     color_jitter: float = 0.0

@@ -3,11 +3,12 @@ Gloo on CPU, and the few collectives the engine needs."""
 import dataclasses
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
 
-from toolkit.errors import UserError
+from toolkit.errors import Stalled, UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +23,9 @@ class DistEnv:
         return self.rank == 0
 
 
-def setup() -> DistEnv:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE set), else one process."""
+def setup(timeout: float = 300.0) -> DistEnv:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE set), else one process.
+    `timeout`: seconds a collective may wait for the other ranks before it fails (lost_rank)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -34,7 +36,7 @@ def setup() -> DistEnv:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout),
                                 device_id=device if cuda else None)
     return DistEnv(rank, local_rank, world, device)
 
@@ -73,3 +75,23 @@ def broadcast_buffers(model: torch.nn.Module):
     if dist.is_initialized():
         for b in model.buffers():
             dist.broadcast(b, 0)
+
+
+_LOST = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe", "closed by peer",
+         "socket", "watchdog", "nccl error")
+
+
+def lost_rank(exc: Exception, env: DistEnv, timeout: float):
+    """The one-line Stalled error for a collective that failed because another rank stopped
+    answering (hung: after `timeout` s; died: at once), or None for any other error. With NCCL,
+    torch's watchdog may end the process itself after the timeout (its own message)."""
+    if env.world <= 1 or not isinstance(exc, (RuntimeError, dist.DistError)):
+        return None
+    text = str(exc).strip()
+    if not any(word in text.lower() for word in _LOST):
+        return None
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])[:200] if text else type(exc).__name__
+    return Stalled(f"rank {env.rank}: another rank stopped answering (no reply within {timeout:g} s, or it "
+                   f"died: {first}); the run stops here (checkpoints already written are kept): see the "
+                   "other ranks' messages above, raise --timeout if a slow file system delays them, then "
+                   "continue with tools/resume.py")

@@ -8,8 +8,10 @@ import pandas as pd
 
 from toolkit.atomic import atomic_open
 from toolkit.data import dataset_info
+from toolkit.data.workers import end_workers
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.config import from_dict, override
+from toolkit.engine.run import stalled_error
 from toolkit.engine.trainer import evaluate, make_eval_loader, prepare_model
 from toolkit.errors import UserError
 
@@ -37,12 +39,12 @@ def write_csv(df: pd.DataFrame, path: str, index: bool = False):
 
 def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=None, split="val",
                    ten_crop=False, batch_size=None, loader="auto", workers=2, out_dir=None,
-                   as_json=False) -> int:
-    env = dist.setup()
+                   as_json=False, timeout=300.0) -> int:
+    env = dist.setup(timeout)
     try:
         path = checkpoint.find(checkpoints_dir, prefix, epoch)
         state = checkpoint.load(path)
-        cfg = from_dict(state["config"])
+        cfg = override(from_dict(state["config"]), timeout=timeout)
         data = data or cfg.data
         info = dataset_info(data)
         num_classes = cfg.num_classes
@@ -78,5 +80,11 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
                               "checkpoint": path, "split": split, "ten_crop": ten_crop,
                               "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}))
         return 0
+    except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line
+        stalled = stalled_error(exc, env, timeout)
+        if stalled is None:
+            raise
+        end_workers()
+        raise stalled from None
     finally:
         dist.teardown()

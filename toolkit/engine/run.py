@@ -10,12 +10,13 @@ import sys
 import torch
 
 from toolkit import mxlog
+from toolkit.data.workers import end_workers, stalled
 from toolkit.engine import branches, checkpoint, dist
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.signals import StopRequest
 from toolkit.engine.trainer import Trainer, resolve_num_classes
-from toolkit.errors import UserError
+from toolkit.errors import Stalled, UserError
 
 TOY = "data/toy"
 
@@ -55,8 +56,14 @@ def earlier_run(cfg: TrainConfig, env) -> str:
             f"with tools/resume.py --prefix {cfg.prefix}, start another with --prefix NAME, or delete them")
 
 
+def stalled_error(exc: RuntimeError, env, timeout: float):
+    """A dead loader worker (DataLoader raises from its SIGCHLD handler wherever the main thread is)
+    or a lost rank, as one line; None for any other error."""
+    return stalled(exc, None, "the data") or dist.lost_rank(exc, env, timeout)
+
+
 def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
-    env = dist.setup()
+    env = dist.setup(cfg.timeout)
     clash = earlier_run(cfg, env) if state is None else ""
     if clash:
         if env.main:
@@ -82,6 +89,15 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
         if env.main:
             log.error(f"Error: {exc.message}")
         return 2
+    except (Stalled, RuntimeError) as exc:  # a worker or a rank that stopped answering: one line, any rank
+        stalled = exc if isinstance(exc, Stalled) else stalled_error(exc, env, cfg.timeout)
+        if stalled is None:
+            raise
+        log.error(f"Error: {stalled.message}")
+        end_workers()
+        if env.world > 1:  # a collective can no longer finish: do not wait for it in teardown
+            os._exit(stalled.exit_code)
+        return stalled.exit_code
     finally:
         stop.uninstall()
         dist.teardown()

@@ -17,13 +17,13 @@ kills this process's children (DataLoader workers) and exits at once with status
 checkpoint. Before `arm()` (before the first training step, when nothing has changed since the
 checkpoint the run started from) the first signal already exits at once.
 """
-import multiprocessing
 import os
 import signal
 import time
 
 import torch
 
+from toolkit.data.workers import end_workers
 from toolkit.engine import dist
 
 DUPLICATE = 0.5  # seconds: one request delivered twice (SLURM signals torchrun and the ranks)
@@ -33,11 +33,7 @@ SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 def exit_now(message: str, status: int = 130):
     """Leave at once from a signal handler: no process left behind, no clean-up that could wait."""
     os.write(2, f"\n{message}\n".encode())
-    for child in multiprocessing.active_children():
-        try:
-            os.kill(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, TypeError):
-            pass
+    end_workers()
     os._exit(status)
 
 

@@ -47,7 +47,8 @@ def resolve_num_classes(cfg: TrainConfig) -> TrainConfig:
 def _loader_args(cfg: TrainConfig, env, backend=None, workers=None) -> dict:
     return dict(image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank, world_size=env.world,
                 seed=cfg.seed, backend=backend or cfg.loader, device=env.device,
-                workers=cfg.workers if workers is None else workers, channels_last=cfg.channels_last)
+                workers=cfg.workers if workers is None else workers, channels_last=cfg.channels_last,
+                timeout=cfg.timeout)
 
 
 def make_eval_loader(cfg: TrainConfig, env, data=None, split=None, batch_size=None, backend=None,

@@ -1,0 +1,204 @@
+"""Loader workers: safe to start after the training process used thread pools, and every wait
+bounded (a worker that hangs or dies ends the run with one line)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision.io as tvio
+
+from tests.conftest import REPO
+from toolkit import recordio
+from toolkit.data import build_loader
+from toolkit.errors import Stalled
+
+
+def _write(prefix, n, size, rng):
+    with recordio.IndexedRecordWriter(prefix + ".idx", prefix + ".rec") as w:
+        for i in range(n):
+            img = torch.from_numpy(rng.integers(0, 255, (3, size, size), dtype=np.uint8))
+            w.write_idx(i, recordio.pack((0, float(i % 4), i, 0), tvio.encode_jpeg(img).numpy().tobytes()))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("workers")
+    rng = np.random.default_rng(0)
+    _write(str(d / "train"), 96, 72, rng)
+    _write(str(d / "val"), 64, 72, rng)
+    return str(d)
+
+
+def test_eval_workers_start_after_the_cpu_normalisation_used_opencv(data_dir):
+    """The quickstart's hang: the training process normalises batches with OpenCV (its thread pool
+    runs), then the evaluation loader starts its workers; a worker forked from it deadlocked in
+    cv2.setNumThreads under OpenCV 5.x (every time, with the pool idle for a moment before the fork,
+    as while a checkpoint is written). Runs in a child process with a bound."""
+    script = textwrap.dedent(f"""
+        import time, torch
+        from toolkit.data import build_loader
+        from toolkit.data.torch_backend import normalize
+        d = {data_dir!r}
+        train = build_loader(d, "train", train=True, batch_size=32, image_size=64, workers=2, backend="torch")
+        train.set_epoch(0)
+        assert sum(len(y) for _, y in train) == 96          # its batches go through the CPU normalisation
+        images = torch.randint(0, 255, (32, 3, 64, 64), dtype=torch.uint8)
+        for _ in range(5):                                  # and so does this, for certain
+            normalize(images, train.mean, train.inv_std, torch.device("cpu"), torch.float32, False)
+        time.sleep(0.5)
+        val = build_loader(d, "val", train=False, batch_size=32, image_size=64, workers=2, backend="torch")
+        val.set_epoch(0)
+        print("evaluated", sum(len(y) for _, y in val))
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                              env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the evaluation loader's workers hung after the training process used OpenCV")
+    assert proc.returncode == 0, proc.stderr
+    assert "evaluated 64" in proc.stdout
+
+
+def test_im2rec_packers_start_after_this_process_used_opencv(tmp_path):
+    """im2rec's packers are forked: in a process that used OpenCV's thread pool before (the toy set
+    made inside a training process, a user's script) they deadlocked in cv2.setNumThreads."""
+    script = textwrap.dedent(f"""
+        import time, numpy as np, cv2
+        from toolkit import toy
+        from toolkit.im2rec import PackOptions, pack_prefix
+        from toolkit.lists import make_lists
+        a = np.random.randint(0, 255, (32, 3, 4096), np.uint8)
+        dst = np.empty((32, 3, 4096), np.float32)
+        for _ in range(5):
+            for c in range(3):
+                cv2.addWeighted(a[:, c], 0.5, a[:, c], 0.0, 1.0, dst=dst[:, c], dtype=cv2.CV_32F)
+        time.sleep(0.5)
+        root = toy.make_toy_images({str(tmp_path / "img")!r}, images_per_class=3, num_classes=4, seed=0)
+        make_lists({str(tmp_path / "p")!r}, root, recursive=True)
+        print("records", sum(r.records for r in pack_prefix({str(tmp_path / "p")!r}, root, PackOptions(num_thread=2))))
+    """)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("im2rec's packer processes hung after this process used OpenCV")
+    assert proc.returncode == 0, proc.stderr
+    assert "records 12" in proc.stdout
+
+
+class _HangOnce:
+    """A transform that never returns for one sample (a worker stuck on a dead file system)."""
+
+    def __init__(self, inner, position):
+        self.inner, self.shape, self.position = inner, inner.shape, position
+        self.calls = 0
+
+    def __call__(self, payload, seed, out=None):
+        self.calls += 1
+        if self.calls == self.position:
+            time.sleep(3600)
+        return self.inner(payload, seed, out)
+
+
+def _loader(data_dir, **kw):
+    args = dict(split="train", train=True, batch_size=8, image_size=32, workers=2, backend="torch")
+    args.update(kw)
+    return build_loader(data_dir, **args)
+
+
+def test_a_worker_that_never_answers_ends_the_epoch_with_one_line(data_dir):
+    loader = _loader(data_dir, timeout=3)
+    dataset = loader.loader.dataset  # workers start (and receive it) at the first iteration
+    dataset.transform = _HangOnce(dataset.transform, position=12)
+    loader.set_epoch(0)
+    t0 = time.monotonic()
+    with pytest.raises(Stalled) as err:
+        for _ in loader:
+            pass
+    message = err.value.message
+    assert time.monotonic() - t0 < 30
+    assert "\n" not in message and "gave no batch for 3 s" in message and "--timeout" in message
+    assert "split 'train' of" in message and "pid" in message
+
+
+def test_a_worker_killed_with_sigkill_ends_the_epoch_with_one_line(data_dir):
+    loader = _loader(data_dir, timeout=60)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    victim = loader.loader._iterator._workers[0].pid
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(Stalled) as err:
+        for _ in it:
+            pass
+    assert time.monotonic() - t0 < 30
+    message = err.value.message
+    assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _tree(pid):
+    out = []
+    for child in _children(pid):
+        out += [child] + _tree(child)
+    return out
+
+
+def _rank_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    return int(env.get(b"RANK", b"-1"))
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_answering_ends_the_run_with_one_line(tmp_path):
+    """torchrun with 2 ranks; rank 1 is frozen (SIGSTOP) mid-epoch: rank 0's next collective gives
+    up after --timeout, it ends with one line naming the cause, torchrun takes the frozen rank
+    down, and no process is left."""
+    from toolkit.toy import ensure_toy_dataset
+    data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=12, quiet=True)
+    log = tmp_path / "logs" / "hang.log"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--shutdown_timeout", "3", "tools/train.py", "--recipe", "resnet20", "--image-size", "32",
+           "--batch-size", "8", "--workers", "1", "--epochs", "40", "--log-every", "1", "--timeout", "8",
+           "--data", data, "--logs-dir", str(tmp_path / "logs"), "--checkpoints-dir", str(tmp_path / "ck"),
+           "--prefix", "hang"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.exists() and "Epoch[0] Batch" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.1)
+        ranks = {_rank_of(p): p for p in _children(proc.pid)}
+        everything = _tree(proc.pid)
+        os.kill(ranks[1], signal.SIGSTOP)
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert elapsed < 8 + 30 + 30, elapsed  # --timeout, torchrun's SIGTERM-to-SIGKILL wait, slack
+    lines = [line for line in out.splitlines() if "another rank stopped answering" in line]
+    assert lines and "rank 0:" in lines[0] and "--timeout" in lines[0] and "tools/resume.py" in lines[0]
+    time.sleep(6)  # loader workers notice their fork server is gone within 5 s
+    left = [p for p in everything if os.path.exists(f"/proc/{p}") and
+            open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    assert not left, f"processes left behind: {left}"

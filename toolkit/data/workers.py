@@ -1,0 +1,90 @@
+"""Loader worker processes: how they start, how they are set up, and what happens when one stops.
+
+Start: from a fork server (toolkit/forkserver.py), never forked from the training process.
+
+Stop: every wait for a batch is bounded (DataLoader's `timeout`), and a worker that dies (killed,
+out of memory) or gives no batch within the bound ends the run with one line naming it
+(`toolkit.errors.Stalled`) instead of a traceback or a wait without end.
+"""
+import multiprocessing
+import multiprocessing.connection
+import re
+import signal
+
+import torch
+
+from toolkit.errors import Stalled
+from toolkit.forkserver import context  # noqa: F401 (the workers' start method)
+
+
+def worker_init(_worker_id):
+    """Each worker: one thread for torch and OpenCV (the workers already use every core); Ctrl-C and
+    SIGTERM are the training process's to handle (the workers share its process group, which
+    torchrun and SLURM signal whole): it stops cleanly, or on a second signal kills its workers
+    (toolkit/engine/signals.py). A worker ended by SIGTERM would fail the stop's last steps."""
+    import cv2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+_TIMEOUT = re.compile(r"DataLoader timed out after (\d+) seconds")
+_DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\)? (?:is killed by signal: (.+?)\.|exited unexpectedly)")
+
+
+def stalled(exc: Exception, loader, what: str):
+    """The one-line Stalled error for a DataLoader failure (a timeout, a dead worker), or None when
+    `exc` is something else. `loader`: the torch DataLoader (None: judge by the message alone, as
+    for DataLoader's SIGCHLD handler, which raises wherever the main thread is); `what` names the
+    split. A worker that dies while its batch crosses over surfaces as a broken connection
+    (ConnectionResetError, EOFError) rather than as DataLoader's own message."""
+    text = str(exc)
+    after = "; the run stops here (checkpoints already written are kept): "
+    m = _TIMEOUT.search(text)
+    if m:
+        return Stalled(f"loader {_expected_worker(loader)} gave no batch for {m.group(1)} s while reading {what}"
+                       f"{after}a stuck worker or slow storage; raise --timeout if the storage is slow, then "
+                       "continue with tools/resume.py")
+    dead = _dead_workers(loader)
+    m = _DIED.search(text)
+    if not dead and m:
+        dead = f"pid {m.group(1).strip()}" + (f", killed by signal {m.group(2)}" if m.group(2) else "")
+    if not dead:
+        return None
+    return Stalled(f"loader worker ({dead}) died while reading {what}{after}check the machine's memory "
+                   "(dmesg: the OOM killer) or lower --workers, then continue with tools/resume.py")
+
+
+def _dead_workers(loader) -> str:
+    """'pid P, killed by signal SIGKILL' of the loader's workers that are gone ('' if none)."""
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []
+    if workers:  # a broken connection can come before the fork server has reported the death
+        multiprocessing.connection.wait([w.sentinel for w in workers], timeout=2)
+    out = []
+    for w in workers:
+        code = w.exitcode
+        if code is not None:
+            how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            out.append(f"pid {w.pid}, {how}")
+    return "; ".join(out)
+
+
+def _expected_worker(loader) -> str:
+    """'worker K (pid P)' of the batch the loader waits for, from DataLoader's iterator (private
+    state: 'a worker' where this torch lays it out otherwise)."""
+    it = getattr(loader, "_iterator", None)
+    try:
+        worker_id = it._task_info[it._rcvd_idx][0]
+        return f"worker {worker_id} (pid {it._workers[worker_id].pid})"
+    except Exception:
+        return "a worker"
+
+
+def end_workers():
+    """Kill this process's worker processes now (every loader's): a hung worker never reads the
+    shutdown request DataLoader would send it."""
+    for proc in multiprocessing.active_children():
+        proc.kill()
+    for proc in multiprocessing.active_children():
+        proc.join(5)
