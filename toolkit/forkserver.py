@@ -8,6 +8,7 @@ normalisation, a resize), `cv2.setNumThreads(1)` in a forked child deadlocks und
 threads carry the same risk. The fork server costs one interpreter start per run (about a second;
 each worker is then a fork of it) and nothing per batch or image.
 """
+import atexit
 import multiprocessing
 import multiprocessing.forkserver
 import signal
@@ -46,3 +47,8 @@ def _start_ignoring_ctrl_c():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    # workers ignore SIGTERM too (toolkit/data/workers.py), so multiprocessing's own exit hook
+    # (SIGTERM, then join without a bound) would wait for live persistent workers: end them first
+    # (atexit runs this before multiprocessing's hook, registered earlier)
+    from toolkit.data.workers import end_workers
+    atexit.register(end_workers)
