@@ -158,25 +158,89 @@ def test_user_mistakes_are_one_line_and_exit_2(args, message, tmp_path):
 
 
 SIGNALS = r"""
-import os, signal, time
+import multiprocessing, os, signal, sys, time
 from toolkit.engine import signals
 stop = signals.StopRequest().install()
-for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):  # Ctrl-C, then torchrun forwarding it
-    os.kill(os.getpid(), sig)
-    time.sleep(0.05)
+if sys.argv[1] == "armed":
+    stop.arm()
+child = multiprocessing.Process(target=time.sleep, args=(60,))  # stands for a DataLoader worker
+child.start()
+print("child", child.pid, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)  # SLURM: SIGTERM to the rank and, forwarded, from torchrun
+time.sleep(0.05)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.05)
 print("alive", stop.requested, flush=True)
-time.sleep(signals.GRACE + 0.3)
-os.kill(os.getpid(), signal.SIGINT)  # a person's second Ctrl-C
+time.sleep(1.0)
+os.kill(os.getpid(), signal.SIGTERM)  # a person's second Ctrl-C, as torchrun passes it on
 time.sleep(2)
 print("still alive", flush=True)
 """
 
 
-def test_forwarded_signals_are_one_request_and_a_later_ctrl_c_exits_at_once():
-    proc = subprocess.run([sys.executable, "-c", SIGNALS], capture_output=True, text=True, timeout=60)
-    assert proc.stdout.splitlines() == ["alive True"], proc.stdout + proc.stderr
-    assert proc.returncode == 130 and "second Ctrl-C: exiting now" in proc.stderr
-    assert proc.stderr.count("stopping at the end of this step") == 1
+def _gone(pid, within=2.0):
+    """The process ended (gone or a zombie) within `within` seconds (SIGKILL takes a moment)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("armed", ["armed", "unarmed"])
+def test_a_duplicate_signal_is_one_request_and_any_later_one_exits_at_once(armed):
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", SIGNALS, armed], capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 130 and time.monotonic() - t < 15, proc.stdout + proc.stderr
+    assert _gone(int(lines[0].split()[1])), "the child process was left behind"
+    if armed == "armed":
+        assert lines[1:] == ["alive True"], proc.stdout + proc.stderr
+        assert "SIGTERM after a stop request: exiting now (no checkpoint)" in proc.stderr
+        assert proc.stderr.count("stopping at the next step") == 1
+    else:  # before the first training step nothing needs saving: the first signal exits
+        assert lines[1:] == [] and "SIGTERM before the first training step" in proc.stderr
+
+
+def test_checkpoint_names_take_any_number_of_batches_and_epochs(tmp_path):
+    d = str(tmp_path)
+    for e, b in [(3, 0), (3, 999999), (3, 1234567), (12345, 0)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "r-2024", e, b), {"epoch": e})
+    assert os.path.exists(tmp_path / "r-2024-0003-b1234567.pt")
+    assert sorted(checkpoint.list_checkpoints(d)["r-2024"]) == [(3, 0), (3, 999999), (3, 1234567), (12345, 0)]
+    os.remove(tmp_path / "r-2024-12345.pt")
+    assert checkpoint.find(d, None, None).endswith("r-2024-0003-b1234567.pt")
+
+
+def test_going_back_moves_the_later_checkpoints_to_an_abandoned_branch_folder(tmp_path):
+    import datetime
+    from toolkit.engine import branches
+    d = str(tmp_path)
+    for e, b in [(1, 0), (2, 0), (3, 0), (3, 7), (4, 0), (4, 123)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "r", e, b), {"epoch": e, "batch": b, "lr": 0.1})
+    checkpoint.save_validation(checkpoint.checkpoint_path(d, "r", 4), 3, {"accuracy": 0.5})
+    when = datetime.datetime(2026, 12, 2, 22, 15, 0, tzinfo=datetime.timezone.utc)
+    assert branches.start_branch(d, "r", (4, 123), when) is None  # the newest: no branch
+    folder = branches.start_branch(d, "r", (2, 0), when)
+    assert folder == os.path.join(d, "r.abandoned-20261202T221500Z")
+    assert sorted(os.listdir(folder)) == ["r-0003-b000007.pt", "r-0003.pt", "r-0004-b000123.pt",
+                                          "r-0004.pt", "r-0004.val.json"]
+    assert checkpoint.find(d, None, None).endswith("r-0002.pt")  # a plain resume: this branch
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3), {"epoch": 3})  # the new branch's epoch 3
+    checkpoint.prune(d, "r", 2, (3, 0))  # --keep-last 2 counts this branch only
+    assert sorted(n for n in os.listdir(d) if n.endswith(".pt")) == ["r-0002.pt", "r-0003.pt"]
+    assert len(os.listdir(folder)) == 5
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3, 5), {"epoch": 3, "batch": 5})
+    again = branches.start_branch(d, "r", (3, 0), when)  # same second: a folder of its own
+    assert again == folder + "-2" and os.listdir(again) == ["r-0003-b000005.pt"]
+    listing = branches.listing(d, "r")
+    assert "current branch" in listing and f"abandoned branch {folder}/" in listing
+    assert "r-0004-b000123.pt" in listing and "0.5000" in listing
 
 
 def test_recipe_eval_resize_and_lighting_follow_the_image_size_and_the_paper():
@@ -287,3 +351,107 @@ def test_mxnet_device_flags_point_to_torchrun(flag, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: Invalid value for '{flag}': '0,1': "
                                                          "processes and devices come from torchrun here")
+
+
+class _Capture(__import__("logging").Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _trainer(tmp_path, stop=None, val=None, state=None, resumed_from=None, steps=3, epochs=1):
+    import logging
+    from toolkit.benchmarks.train import SyntheticLoader, make_batches
+    from toolkit.engine import dist
+    from toolkit.engine.trainer import Trainer
+    c = make_config("resnet20", batch_size=4, epochs=epochs, num_classes=10, data="synthetic",
+                    checkpoints_dir=str(tmp_path), prefix="s")
+    env = dist.setup()
+    log = logging.getLogger(f"test-{id(tmp_path)}")
+    log.setLevel(logging.INFO)
+    capture = _Capture()
+    log.addHandler(capture)
+    loader = SyntheticLoader(make_batches(c, env.device), steps=steps)
+    return Trainer(c, env, log, state, resumed_from, stop, loaders=(loader, val)), capture
+
+
+def test_weights_and_buffers_are_checked_finite_before_any_checkpoint(tmp_path):
+    from toolkit.engine.trainer import NonFiniteLoss
+    trainer, _ = _trainer(tmp_path)
+    steps = []
+
+    def last_update_overflows(optimizer, args, kwargs):  # the loss of that step was finite
+        steps.append(1)
+        if len(steps) == 3:
+            trainer.model.fc.weight.data[0, 0] = float("inf")
+    trainer.optimizer.register_step_post_hook(last_update_overflows)
+    with pytest.raises(NonFiniteLoss, match=r"weights became non-finite by Epoch\[1\] Batch \[0\] \(fc.weight\)"):
+        trainer.fit()
+    assert os.listdir(tmp_path) == []
+    trainer, _ = _trainer(tmp_path)  # a buffer (training-mode BatchNorm never reads running_var)
+    bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="running_var"):
+        trainer.fit()
+    assert os.listdir(tmp_path) == []
+
+
+class _Flag:
+    requested = False
+
+
+def test_a_stop_during_validation_ends_the_pass_and_a_resume_runs_it_first(tmp_path):
+    from toolkit.benchmarks.train import SyntheticLoader, make_batches
+    stop = _Flag()
+    seen = []
+
+    class Val(SyntheticLoader):
+        def __iter__(self):
+            for i, batch in enumerate(super().__iter__()):
+                seen.append(i)
+                stop.requested = i >= 2  # Ctrl-C while the third validation batch is processed
+                yield batch
+    c = make_config("resnet20", batch_size=4, image_size=32, num_classes=10)
+    val = Val(make_batches(c, torch.device("cpu")), steps=8)
+    trainer, log = _trainer(tmp_path, stop=stop, val=val, epochs=2)
+    result = trainer.fit()
+    path = str(tmp_path / "s-0001.pt")
+    assert result["stopped"] and result["path"] == path and (result["epoch"], result["batch"]) == (1, 0)
+    assert len(seen) == 4  # asked at batch 2, agreed one batch later, left before the rest
+    assert f"Stopped during the validation of Epoch[0]: a resume from {path} runs it again" in log.lines
+    assert not any("Validation-" in line for line in log.lines)
+    assert sorted(os.listdir(tmp_path)) == ["s-0001.pt"]
+    state = checkpoint.load(path)
+    assert state["val_epoch"] == 0 and checkpoint.pending_validation(path, state) == 0
+    seen.clear()
+    stop.requested = False
+    Val.__iter__ = SyntheticLoader.__iter__
+    trainer, log = _trainer(tmp_path, stop=None, val=val, state=state, resumed_from=path, epochs=2)
+    trainer.fit()
+    first = [line for line in log.lines if "Validation-accuracy" in line]
+    assert first[0].startswith("Epoch[0] Validation-accuracy=") and len(first) == 2
+    assert log.lines.index(first[0]) < min(i for i, line in enumerate(log.lines) if line.startswith("Epoch[1] Batch"))
+    assert checkpoint.load_validation(path)["epoch"] == 0
+    assert sorted(os.listdir(tmp_path)) == ["s-0001.pt", "s-0001.val.json", "s-0002.pt", "s-0002.val.json"]
+
+
+def test_the_printed_resume_command_gives_torchrun_the_processes_per_node(monkeypatch):
+    from toolkit.engine.dist import DistEnv
+    from toolkit.engine.run import resume_command
+    c = make_config("resnet50", prefix="r50")
+    env = DistEnv(rank=0, local_rank=0, world=32, device=torch.device("cpu"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "4")
+    command = resume_command(c, env)
+    assert command.startswith("torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d ")
+    assert "tools/resume.py --prefix r50" in command and "on each of the 4 nodes" in command
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    assert resume_command(c, DistEnv(0, 0, 2, torch.device("cpu"))) == \
+        "torchrun --nproc_per_node=2 tools/resume.py --prefix r50"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.delenv("GROUP_WORLD_SIZE")
+    assert resume_command(c, DistEnv(0, 0, 1, torch.device("cpu"))) == "tools/resume.py --prefix r50"

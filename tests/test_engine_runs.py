@@ -131,6 +131,7 @@ def test_interrupt_and_resume_is_bit_identical(nproc, data, tmp_path):
     c = tmp_path / "c"
     (c / "ck").mkdir(parents=True)
     shutil.copy(tmp_path / "b" / "ck" / "b-0001.pt", c / "ck" / "b-0001.pt")
+    shutil.copy(tmp_path / "b" / "ck" / "b-0001.val.json", c / "ck")  # its validation was done
     resume(nproc, c, "b", "--epoch", "1", "--logs-dir", str(c / "logs"))
     assert_same_weights(tmp_path / "a" / "ck" / "a-0003.pt", c / "ck" / "b-0003.pt")
     assert validation_lines(str(c / "logs" / "b.log")) == validation_lines(log_a)[3:]
@@ -205,7 +206,7 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(data, tmp
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert re.search(r"the loss became (nan|inf|-inf) at Epoch\[1\] Batch \[\d+\]", proc.stderr), proc.stderr
     assert (tmp_path / "ck" / "nan-0001.pt").read_bytes() == before
-    assert sorted(os.listdir(tmp_path / "ck")) == ["nan-0001.pt"]
+    assert sorted(os.listdir(tmp_path / "ck")) == ["nan-0001.pt", "nan-0001.val.json"]
 
 
 @pytest.mark.oracle
@@ -304,3 +305,130 @@ def test_gpu_path_options_run_on_cpu_with_two_processes(data, tmp_path):
     from toolkit.registry import build_model
     build_model("resnet20", image_size=32, num_classes=10).load_state_dict(state["model"])
     assert "Epoch[0] Validation-accuracy=" in open(tmp_path / "logs" / "g.log").read()
+
+
+def _processes_with(text):
+    """Live processes whose command line holds `text` (ranks and their DataLoader workers)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if text in cmdline and not zombie:
+            found.append(int(pid))
+    return found
+
+
+def _torchrun_and_signal(cmd, log, pattern, signals, timeout=240):
+    """Start torchrun in its own session (as from a terminal), wait for `pattern` in the log, send
+    it each (delay, signal) in turn; return (torchrun's output, seconds from the last signal to
+    its exit)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.time() + timeout
+    while not (os.path.exists(log) and re.search(pattern, open(log).read())):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    for delay, sig in signals:
+        time.sleep(delay)
+        proc.send_signal(sig)  # torchrun alone: its ranks run in sessions of their own
+        sent = time.monotonic()
+    out, _ = proc.communicate(timeout=timeout)
+    return out, time.monotonic() - sent
+
+
+def slow_validation(data, tmp_path, seconds):
+    """torchrun with 2 ranks, 12 validation batches per rank made `seconds` slower each."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "tests/slow_validation.py", str(seconds), str(tmp_path / "status"), "tools/train.py", *TINY,
+            "--data", data, *dirs(tmp_path, "v"), "--batch-size", "2", "--epochs", "2"]
+
+
+def test_ctrl_c_to_torchrun_during_a_slow_validation_pass_ends_with_a_checkpoint_within_30_s(data, tmp_path):
+    """12 validation batches per rank of 3 s each: 36 s, more than torchrun waits before its SIGKILL."""
+    cmd = slow_validation(data, tmp_path, 3)
+    log = str(tmp_path / "logs" / "v.log")
+    out, took = _torchrun_and_signal(cmd, log, r'Saved checkpoint to ".*v-0001\.pt"', [(0, signal.SIGINT)])
+    print(f"SIGINT during validation -> torchrun exited in {took:.1f} s")
+    assert took < 30 and "forcefully exiting" not in out, out
+    assert sorted(os.listdir(tmp_path / "status")) == ["rank-0", "rank-1"], out
+    assert [open(tmp_path / "status" / r).read() for r in ("rank-0", "rank-1")] == ["130", "130"], out
+    text = open(log).read()
+    assert "Stopped during the validation of Epoch[0]: a resume from" in text, text
+    assert "Validation-" not in text and sorted(os.listdir(tmp_path / "ck")) == ["v-0001.pt"]
+    resume(2, tmp_path, "v", "--logs-dir", str(tmp_path / "logs"))  # validates Epoch[0] first
+    after = open(log).read().split("Resumed training from")[1]
+    assert after.index("Epoch[0] Validation-accuracy=") < after.index("Epoch[1] Batch [0-1]")
+    assert "Epoch[1] Validation-accuracy=" in after
+    assert sorted(os.listdir(tmp_path / "ck")) == ["v-0001.pt", "v-0001.val.json", "v-0002.pt", "v-0002.val.json"]
+    from toolkit.logparse import parse_logs
+    epochs = parse_logs([log]).epochs
+    assert epochs["val-accuracy"].notna().all() and epochs["train-accuracy"].notna().all()
+
+
+def test_a_second_ctrl_c_a_second_later_exits_at_once_and_leaves_no_process(data, tmp_path):
+    cmd = slow_validation(data, tmp_path, 3)
+    log = str(tmp_path / "logs" / "v.log")
+    out, took = _torchrun_and_signal(cmd, log, r'Saved checkpoint to ".*v-0001\.pt"',
+                                     [(0, signal.SIGINT), (1, signal.SIGINT)])
+    print(f"second SIGINT 1 s later -> torchrun exited in {took:.1f} s")
+    assert took < 8 and out.count("SIGTERM after a stop request: exiting now") == 2, out
+    assert not _processes_with(str(tmp_path)), "processes left behind"
+    assert sorted(os.listdir(tmp_path / "ck")) == ["v-0001.pt"]
+
+
+def test_sigterm_alone_stops_like_ctrl_c_with_loader_workers(data, tmp_path):
+    """SLURM's preemption: SIGTERM, which torchrun passes to each rank's process group, workers too."""
+    cmd = launcher(2) + ["tools/train.py", *TINY, "--data", data, *dirs(tmp_path, "t"), "--epochs", "2"]
+    log = str(tmp_path / "logs" / "t.log")
+    out, took = _torchrun_and_signal(cmd, log, r"Epoch\[0\] Batch \[1-2\]", [(0, signal.SIGTERM)])
+    print(f"SIGTERM mid-epoch -> torchrun exited in {took:.1f} s")
+    assert took < 30 and "Stopped at Epoch[0] Batch [" in open(log).read(), out
+    assert len(list((tmp_path / "ck").glob("t-0000-b*.pt"))) == 1
+    assert not _processes_with(str(tmp_path))
+
+
+def test_going_back_to_an_earlier_epoch_starts_a_branch_and_a_plain_resume_continues_it(data, tmp_path):
+    """Train to epoch 4, stop in Epoch[4]; resume from 2 with a new LR and --keep-last 2, stop in
+    Epoch[3]; a plain resume continues the new branch and ends where a straight run from epoch 2
+    with that LR ends; the abandoned branch's checkpoints are kept in their folder."""
+    ck, log = tmp_path / "ck", str(tmp_path / "logs" / "r.log")
+    cmd = [sys.executable, "tools/train.py", *TINY, "--batch-size", "16", "--data", data,
+           *dirs(tmp_path, "r"), "--epochs", "5"]
+    start_and_interrupt(cmd, log, r"Epoch\[4\] Batch \[0-1\]")
+    old_stop, = ck.glob("r-0004-b*.pt")
+    straight = tmp_path / "straight"
+    (straight / "ck").mkdir(parents=True)
+    shutil.copy(ck / "r-0002.pt", straight / "ck" / "r-0002.pt")
+
+    cmd = [sys.executable, "tools/resume.py", "--checkpoints-dir", str(ck), "--epoch", "2", "--lr", "0.01",
+           "--keep-last", "2"]
+    start_and_interrupt(cmd, log, r"New branch at Epoch\[2\] Batch \[0\][\s\S]*Epoch\[3\] Batch \[0-1\]")
+    folder, = ck.glob("r.abandoned-*")
+    assert re.fullmatch(r"r\.abandoned-\d{8}T\d{6}Z", folder.name)
+    assert sorted(os.listdir(folder)) == sorted(["r-0003.pt", "r-0003.val.json", "r-0004.pt", "r-0004.val.json",
+                                                 old_stop.name])
+    new_stop, = ck.glob("r-0003-b*.pt")  # r-0001 went with --keep-last 2; the abandoned ones do not count
+    assert sorted(p.name for p in ck.glob("*.pt")) == ["r-0002.pt", new_stop.name, "r-0003.pt"]
+    assert f'New branch at Epoch[2] Batch [0]: the checkpoints after it moved to "{folder}"' in open(log).read()
+    listed = run([sys.executable, "tools/resume.py", "--list", "--checkpoints-dir", str(ck)]).stdout
+    assert f"abandoned branch {folder}/" in listed and old_stop.name in listed and new_stop.name in listed
+    row = next(line.split() for line in listed.splitlines() if line.rstrip().endswith(new_stop.name))
+    assert row[0] == "3" and row[2] == "0.01" and row[3] == "-"
+
+    resume(1, tmp_path, "r")  # plain: the newest of the current branch
+    assert open(log).read().split("Resumed training from")[-1].startswith(f' "{new_stop}" at Epoch[3]')
+    assert sorted(p.name for p in ck.glob("*.pt")) == ["r-0004.pt", "r-0005.pt"]
+    assert len(os.listdir(folder)) == 5
+
+    resume(1, straight, "r", "--epoch", "2", "--lr", "0.01", "--logs-dir", str(straight / "logs"))
+    assert_same_weights(ck / "r-0005.pt", straight / "ck" / "r-0005.pt")
+    from toolkit.logparse import parse_logs
+    parsed = parse_logs([log])
+    assert list(parsed.epochs.index) == [0, 1, 2, 3, 4] and parsed.epochs["val-accuracy"].notna().all()
+    assert [(r.epoch, r.lr) for r in parsed.resumes][:1] == [(2, 0.01)]
+    assert "a new branch" in parsed.resumes[0].source

@@ -8,6 +8,7 @@ normalisation, a resize), `cv2.setNumThreads(1)` in a forked child deadlocks und
 threads carry the same risk. The fork server costs one interpreter start per run (about a second;
 each worker is then a fork of it) and nothing per batch or image.
 """
+import atexit
 import multiprocessing
 import multiprocessing.forkserver
 import signal
@@ -37,8 +38,17 @@ def _start_ignoring_ctrl_c():
     Its children inherit that: loader workers leave Ctrl-C to the training process anyway."""
     if threading.current_thread() is not threading.main_thread():
         return  # started on first use instead
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM and SIGHUP too: torchrun and SLURM signal the whole process group, and a fork server
+    # ended by them takes the workers' exit reports with it (DataLoader then calls them dead)
+    quiet = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in quiet}
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # workers ignore SIGTERM too (toolkit/data/workers.py), so multiprocessing's own exit hook
+    # (SIGTERM, then join without a bound) would wait for live persistent workers: end them first
+    # (atexit runs this before multiprocessing's hook, registered earlier)
+    from toolkit.data.workers import end_workers
+    atexit.register(end_workers)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.errors import UserError
-from toolkit.mxlog import RESUME_PREFIX
+from toolkit.mxlog import BRANCH_PREFIX, RESUME_PREFIX
 
 _BATCH = re.compile(rb"(\d+)\][ \t]*Batch[ \t]*\[(?:(\d+)-)?(\d+)\][ \t]*Speed:[ \t]*([^\s]*)"
                     rb"[ \t]*(?:samples/sec)?(.*)")          # after "Epoch[", all three eras
@@ -38,6 +38,7 @@ _METRIC = re.compile(rb"([^\s=]+)=([^\s]*)")
 _END = re.compile(rb"(\d+)\][ \t]*(?:(Train|Validation)-([^\s=]+)=([^\s]*)|Time cost=([^\s]*))")
 _UPDATE = re.compile(rb"Update\[\d+\]: Change learning rate to ([^\s]+)")
 _MARKER = re.compile(RESUME_PREFIX.encode() + rb' "([^"\n]*)" at Epoch\[(\d+)\] Batch \[(\d+)\] with lr=([^\s]+)')
+_BRANCH = re.compile(BRANCH_PREFIX.encode() + rb' Epoch\[\d+\] Batch \[\d+\]: [^"\n]*"([^"\n]*)"')
 _DIGITS = b"0123456789."
 _LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
 
@@ -100,6 +101,9 @@ def _line_item(line: bytes):
         if m:
             ckpt, e, b, lr = m.groups()
             return ("marker", int(e), int(b), _float(lr), ckpt.decode("utf-8", "replace"))
+        m = _BRANCH.search(line)
+        if m:
+            return ("branch", m.group(1).decode("utf-8", "replace"))
     elif b"Update[" in line:
         m = _UPDATE.search(line)
         if m:
@@ -283,6 +287,7 @@ class _Timeline:
         self.note = None     # "FILE: next file" until the next data line
         self.fresh = False   # a restart found by position waits for its LR
         self.path = ""
+        self.marked = False  # our resume marker seen and no data line since
 
     def new_file(self, path: str):
         self.path = path
@@ -306,6 +311,7 @@ class _Timeline:
 
     def enter(self, epoch: int, batch: int):
         """A data line at (epoch, batch): LR lines since the last one take effect here."""
+        self.marked = False
         self.lrs.extend((epoch, batch, lr) for lr in self.pending)
         self.pending = []
         if self.fresh:  # a restart without our marker: its LR is the first one logged after it
@@ -331,6 +337,9 @@ class _Timeline:
 
     def end(self, epoch: int, col: str, value: float):
         here = (epoch, 1, 0)
+        if self.marked and col.startswith("val-") and self.pos == (epoch + 1, 0, 0):
+            self.ends.setdefault(epoch, {})[col] = value  # a resume validating the epoch it starts after
+            return
         if self.pos is None or here < self.pos:
             if self.pos is not None:
                 self.restart(epoch, 0, f"epoch {epoch} logged again")
@@ -352,6 +361,11 @@ class _Timeline:
         elif kind == "marker":
             epoch, batch, lr, ckpt = item[1:]
             self.restart(epoch, batch, f"resumed from {ckpt}", lr)
+            self.marked = True
+        elif kind == "branch" and self.resumes:
+            r = self.resumes[-1]
+            self.resumes[-1] = r._replace(source=f"{r.source}, a new branch (the abandoned one's later "
+                                                 f"checkpoints in {item[1]})")
 
     def batches(self) -> pd.DataFrame:
         """Rows still in effect; repeated lines (two handlers, one metric per line) merged."""

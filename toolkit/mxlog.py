@@ -7,11 +7,13 @@ Module-API shapes (MXNet >= 1.4):
     Epoch[0] Time cost=12.345
     Saved checkpoint to "checkpoints/resnet18-0001.pt"
     Epoch[0] Validation-accuracy=0.300000
-plus MXNet's `Update[%d]: Change learning rate to %0.5e` and our resume marker (RESUME_PREFIX).
+plus MXNet's `Update[%d]: Change learning rate to %0.5e`, our resume marker (RESUME_PREFIX) and,
+after it, the branch marker (BRANCH_PREFIX) when the resume went back before the newest checkpoint.
 """
 from typing import Dict, List
 
 RESUME_PREFIX = "Resumed training from"
+BRANCH_PREFIX = "New branch at"
 
 
 def _metrics(metrics: Dict[str, float]) -> str:
@@ -46,3 +48,8 @@ def lr_change_line(step: int, lr: float) -> str:
 def resume_line(path: str, epoch: int, batch: int, lr: float) -> str:
     """Marker where a run continues: which checkpoint, the next epoch and batch, and the LR."""
     return f'{RESUME_PREFIX} "{path}" at Epoch[{epoch}] Batch [{batch}] with lr={lr:0.5e}'
+
+
+def branch_line(epoch: int, batch: int, folder: str) -> str:
+    """Marker after a resume marker that went back: where the abandoned branch's checkpoints went."""
+    return (f'{BRANCH_PREFIX} Epoch[{epoch}] Batch [{batch}]: the checkpoints after it moved to "{folder}"')

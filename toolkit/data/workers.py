@@ -18,10 +18,13 @@ from toolkit.forkserver import context  # noqa: F401 (the workers' start method)
 
 
 def worker_init(_worker_id):
-    """Each worker: one thread for torch and OpenCV (the workers already use every core); Ctrl-C is
-    the training process's to handle (the workers share the terminal's process group)."""
+    """Each worker: one thread for torch and OpenCV (the workers already use every core); Ctrl-C and
+    SIGTERM are the training process's to handle (the workers share its process group, which
+    torchrun and SLURM signal whole): it stops cleanly, or on a second signal kills its workers
+    (toolkit/engine/signals.py). A worker ended by SIGTERM would fail the stop's last steps."""
     import cv2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 

@@ -1,25 +1,56 @@
 """Checkpoints: `CKPT/PREFIX-%04d.pt` after each epoch (numbered by completed epochs, MXNet's
 convention), `CKPT/PREFIX-%04d-b%06d.pt` when a run is stopped in the middle of an epoch (completed
-epochs, then batches done of the next one). Written by rank 0 to a temp name and renamed; a dict
-loadable with `torch.load(path, weights_only=True)`.
+epochs, then batches done of the next one; more digits where the numbers need them). Written by
+rank 0 to a temp name and renamed; a dict loadable with `torch.load(path, weights_only=True)`.
+
+An epoch checkpoint is written before that epoch's validation pass; the pass's figures go beside
+it in `PREFIX-%04d.val.json` when it completes. A checkpoint that says a validation follows it
+(`val_epoch`) and has no such file had its pass cut short by a stop: a resume runs it again.
+Older branches of a run live in sub-folders (toolkit/engine/branches.py).
 """
+import contextlib
 import glob
+import json
 import os
 import re
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from toolkit.atomic import atomic_path
+from toolkit.atomic import atomic_open, atomic_path
 from toolkit.errors import UserError
 
 VERSION = 1
-_NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})(?:-b(?P<batch>\d{6}))?\.pt$")
+_NAME = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4,})(?:-b(?P<batch>\d{6,}))?\.pt$")
 
 
 def checkpoint_path(directory: str, prefix: str, epoch: int, batch: int = 0) -> str:
     name = f"{prefix}-{epoch:04d}" + (f"-b{batch:06d}" if batch else "") + ".pt"
     return os.path.join(directory, name)
+
+
+def val_path(path: str) -> str:
+    """The validation figures beside an epoch checkpoint: PREFIX-0003.pt -> PREFIX-0003.val.json."""
+    return path[:-len(".pt")] + ".val.json"
+
+
+def save_validation(path: str, epoch: int, metrics: dict):
+    with atomic_open(val_path(path)) as f:
+        json.dump({"epoch": epoch, **metrics}, f)
+
+
+def load_validation(path: str) -> Optional[dict]:
+    try:
+        with open(val_path(path)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def pending_validation(path: str, state: dict) -> Optional[int]:
+    """The epoch whose validation pass a stop cut short after `path` was written, else None."""
+    epoch = state.get("val_epoch")
+    return None if epoch is None or os.path.exists(val_path(path)) else int(epoch)
 
 
 def bare_state_dict(model: torch.nn.Module) -> dict:
@@ -30,9 +61,17 @@ def bare_state_dict(model: torch.nn.Module) -> dict:
 
 
 def save(path: str, state: dict):
+    """Written under a temp name, fsynced and renamed (that is what keeps a checkpoint whole).
+    Without torch's per-record CRC32: it took a third of a VGG-16 write here (tools/benchmark.py
+    checkpoint), time a stop has to fit in torchrun's 30 s; torch.load does not need it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save({"version": VERSION, **state}, tmp)
+    crc = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"version": VERSION, **state}, tmp)
+    finally:
+        torch.serialization.set_crc32_options(crc)
 
 
 def load(path: str) -> dict:
@@ -87,3 +126,5 @@ def prune(directory: str, prefix: str, keep_last: int, current: Tuple[int, int])
     doomed = [k for k in found if k[1] and k < current] + epochs[:-keep_last]
     for k in doomed:
         os.remove(found[k])
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(val_path(found[k]))

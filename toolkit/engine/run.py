@@ -13,8 +13,9 @@ import time
 
 import torch
 
+from toolkit import mxlog
 from toolkit.data.workers import end_workers, stalled
-from toolkit.engine import checkpoint, determinism, dist, preflight
+from toolkit.engine import branches, checkpoint, determinism, dist, preflight
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.signals import StopRequest
@@ -34,9 +35,19 @@ def ensure_data(cfg: TrainConfig, env):
 
 
 def resume_command(cfg: TrainConfig, env) -> str:
-    launcher = f"torchrun --nproc_per_node={env.world} " if env.world > 1 else ""
+    """The command to continue: torchrun's processes per node from its LOCAL_WORLD_SIZE; on several
+    nodes, with the rendezvous flags as a hint (the same command on every node)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world))
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", 0)) or max(env.world // max(local, 1), 1)
+    launcher = ""
+    if nodes > 1:
+        launcher = (f"torchrun --nnodes={nodes} --nproc_per_node={local} --rdzv-backend=c10d "
+                    "--rdzv-endpoint=HOST:PORT --rdzv-id=ID ")
+    elif env.world > 1:
+        launcher = f"torchrun --nproc_per_node={local} "
     extra = f" --checkpoints-dir {cfg.checkpoints_dir}" if cfg.checkpoints_dir != "checkpoints" else ""
-    return f"{launcher}tools/resume.py --prefix {cfg.prefix}{extra}"
+    where = f"  (on each of the {nodes} nodes, with your rendezvous endpoint and id)" if nodes > 1 else ""
+    return f"{launcher}tools/resume.py --prefix {cfg.prefix}{extra}{where}"
 
 
 def earlier_run(cfg: TrainConfig, env) -> str:
@@ -117,7 +128,10 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
     try:
         ensure_data(cfg, env)
         cfg = preflight.settle_num_classes(cfg, env, log)
-        result = Trainer(cfg, env, log, state, resumed_from, stop).fit()
+        trainer = Trainer(cfg, env, log, state, resumed_from, stop)
+        if state is not None:
+            branch_off(cfg, env, log, state)
+        result = trainer.fit()
         if result.get("stopped"):
             log.info(f"to resume: {resume_command(cfg, env)}")
             return 130
@@ -142,6 +156,17 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
         dist.teardown()
 
 
+def branch_off(cfg: TrainConfig, env, log, state: dict):
+    """Resuming before the newest checkpoint: the later ones move to an abandoned-branch folder
+    (rank 0, once every rank is ready to train: a run that fails to start moves nothing)."""
+    if env.main:
+        position = (state["epoch"], state["batch"])
+        folder = branches.start_branch(cfg.checkpoints_dir, cfg.prefix, position)
+        if folder:
+            log.info(mxlog.branch_line(state["epoch"], state["batch"], folder))
+    dist.barrier()
+
+
 def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
     """Continue a run from PREFIX-%04d.pt (or the newest checkpoint) with optional overrides."""
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
@@ -151,7 +176,7 @@ def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
         cfg = override(cfg, lr=lr, lr_from_epoch=state["position"],
                        lr_schedule=overrides.get("lr_schedule") or "constant",
                        warmup_epochs=overrides.get("warmup_epochs") or 0.0)
-    if state["epoch"] >= cfg.epochs:
+    if state["epoch"] >= cfg.epochs and checkpoint.pending_validation(path, state) is None:
         raise UserError(f"{path} is already at epoch {state['epoch']} of {cfg.epochs}; "
                         f"pass --epochs N (N > {state['epoch']}) to train further")
     return run(cfg, state, resumed_from=path)

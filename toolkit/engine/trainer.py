@@ -7,6 +7,7 @@ position and the partial epoch's metric sums. So a stopped and resumed run ends 
 uninterrupted one (same world size).
 """
 import contextlib
+import itertools
 import sys
 import time
 
@@ -18,29 +19,20 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from toolkit import mxlog
-from toolkit.data import build_loader, dataset_info, split_files
+from toolkit.data import build_loader, split_files
 from toolkit.data.sampler import DROPOUT, sample_seed
 from toolkit.engine import checkpoint, dist
-from toolkit.engine.config import TrainConfig, override
+from toolkit.engine.config import TrainConfig
 from toolkit.engine.logs import Meter, header_lines
 from toolkit.engine.lr import CONTINUOUS, get_lr
 from toolkit.engine.optim import build_optimizer
+from toolkit.engine.signals import Agreement
 from toolkit.errors import UserError
 from toolkit.inference.meta import describe
 from toolkit.registry import build_model
 
 class NonFiniteLoss(UserError):
     pass
-
-
-def resolve_num_classes(cfg: TrainConfig) -> TrainConfig:
-    info = dataset_info(cfg.data)
-    if not cfg.num_classes:
-        return override(cfg, num_classes=info.num_classes or 1000)
-    if info.num_classes and cfg.num_classes < info.num_classes:  # labels would index past the logits
-        raise UserError(f"--num-classes {cfg.num_classes}: {cfg.data}/classes.tsv lists {info.num_classes} "
-                        "classes; leave the flag out to use them all")
-    return cfg
 
 
 def _loader_args(cfg: TrainConfig, env, backend=None, workers=None) -> dict:
@@ -89,12 +81,16 @@ def forward_loss(net, x, y, criterion, aux_weight: float = 0.3):
     return out, criterion(out, y)
 
 
-def evaluate(model, loader, env, num_classes: int, amp: str = "off") -> dict:
-    """Top-1/top-5/cross-entropy over a split, exact across ranks (each image counted once)."""
+def evaluate(model, loader, env, num_classes: int, amp: str = "off", stop=None) -> dict:
+    """Top-1/top-5/cross-entropy over a split, exact across ranks (each image counted once).
+    With `stop` (training's validation), ranks agree on a stop request at every batch and all leave
+    the pass at the same one: {"stopped": True}; a request seen only at the end: "stop_after"."""
     model.eval()
     meter = Meter(env.device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=env.device)
     loader.set_epoch(0)
+    agree = Agreement(stop, env.device, len(loader)) if stop is not None else None
+    stopped = False
     with torch.no_grad(), autocast(env, amp):
         for x, y in loader:
             if x.dim() == 5:  # ten-crop: average the softmax over the crops
@@ -105,9 +101,16 @@ def evaluate(model, loader, env, num_classes: int, amp: str = "off") -> dict:
             meter.update(logits, y, F.cross_entropy(logits, y, reduction="sum"))
             confusion += torch.bincount(y * num_classes + logits.argmax(1),
                                         minlength=num_classes ** 2).view(num_classes, num_classes)
+            if agree is not None and agree.round():
+                stopped = True
+                break
+    if agree is not None and (stopped or agree.finish()):
+        agree.drain()
+        return {"stopped": True}
     sums = dist.all_reduce_sum(meter.sums.clone())
     dist.all_reduce_sum(confusion)
-    return {**meter.metrics(sums), "images": int(sums[3].item()), "confusion": confusion.cpu()}
+    return {**meter.metrics(sums), "images": int(sums[3].item()), "confusion": confusion.cpu(),
+            "stop_after": agree is not None and agree.drain()}
 
 
 def autocast(env, amp: str):
@@ -136,6 +139,10 @@ class Trainer:
             self.net = torch.compile(self.net)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.lr, self._pending = None, None
+        # an epoch checkpoint whose validation pass a stop cut short: validated again first
+        self.resumed_from, self.pending_val = resumed_from, None
+        if state is not None and resumed_from and self.val_loader is not None:
+            self.pending_val = checkpoint.pending_validation(resumed_from, state)
         self._log_start(resumed_from)
 
     def _restore(self, state):
@@ -176,14 +183,15 @@ class Trainer:
 
     def fit(self) -> dict:
         result = {}
+        if self.pending_val is not None and self.validate(self.pending_val, self.resumed_from):
+            return {"stopped": True, "path": self.resumed_from, "epoch": self.epoch, "batch": 0}
         for epoch in range(self.epoch, self.cfg.epochs):
             result = self.train_one_epoch(epoch, self.batch)
             self.batch = 0
             if result.get("stopped"):
                 return result
-            self.end_epoch(epoch, result)
-            if result["stop_after"] and epoch + 1 < self.cfg.epochs:  # asked during the last step
-                path = checkpoint.checkpoint_path(self.cfg.checkpoints_dir, self.cfg.prefix, epoch + 1)
+            path = self.end_epoch(epoch, result)
+            if result.get("stopped") or (result["stop_after"] and epoch + 1 < self.cfg.epochs):
                 self.log.info(f"Stopped after Epoch[{epoch}]: {path}")
                 return {"stopped": True, "path": path, "epoch": epoch + 1, "batch": 0}
         return result
@@ -204,6 +212,8 @@ class Trainer:
         step's. Reading one step late keeps the host from waiting for the device at every step (on
         GPUs the next step is queued meanwhile), and every rank reads the same values at the same
         step, so all stop together. Raises NonFiniteLoss for a NaN/inf loss on any rank."""
+        if self.stop is not None and hasattr(self.stop, "arm"):
+            self.stop.arm()  # from the first step on, a stop has something to save
         flags = torch.stack([torch.tensor(float(bool(self.stop and self.stop.requested)), device=loss.device),
                              (~torch.isfinite(loss.detach())).float()])
         previous, self._pending = self._pending, (flags, dist.all_reduce_max_async(flags), epoch, b, loss.detach())
@@ -283,14 +293,31 @@ class Trainer:
 
     def state(self, epoch: int, batch: int, train_sums=None) -> dict:
         dist.broadcast_buffers(self.model)
+        self.check_finite(epoch, batch)
+        position = epoch + batch / len(self.train_loader)
         return {"model": checkpoint.bare_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "batch": batch, "step": self.step,
-                "position": epoch + batch / len(self.train_loader),
+                "position": position, "lr": get_lr(self.cfg, position),
+                # an epoch checkpoint is written before the epoch's validation pass (see fit)
+                "val_epoch": epoch - 1 if batch == 0 and self.val_loader is not None else None,
                 "config": dict(vars(self.cfg)), "world_size": self.env.world,
                 "batch_size": self.cfg.batch_size, "train_sums": train_sums or [0.0] * 4,
                 "rng": {"scheme": "reseeded from (seed, epoch, batch, rank) at every step",
                         "seed": self.cfg.seed},
                 "meta": describe(self.cfg)}  # classes, mean/std, input size: for predict and export
+
+    def check_finite(self, epoch: int, batch: int):
+        """Every parameter and buffer finite (on every rank) before a checkpoint is written: the
+        loss check misses what an epoch's last update did."""
+        named = [(n, t) for n, t in itertools.chain(self.model.named_parameters(), self.model.named_buffers())
+                 if t.is_floating_point()]
+        bad = torch.stack([~torch.isfinite(t).all() for _, t in named]).any().float().view(1)
+        if dist.all_reduce_max(bad).item():
+            names = [n for n, t in named if not torch.isfinite(t).all()]
+            raise NonFiniteLoss(f"the weights became non-finite by Epoch[{epoch}] Batch [{batch}] "
+                                f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); nothing "
+                                "was saved and the checkpoints on disk are intact: resume from an earlier "
+                                "epoch with a lower --lr")
 
     def save_stop(self, epoch: int, batch: int, meter: Meter) -> dict:
         sums = dist.all_reduce_sum(meter.sums.clone()).tolist()
@@ -302,7 +329,10 @@ class Trainer:
         dist.barrier()
         return {"stopped": True, "path": path, "epoch": epoch, "batch": batch}
 
-    def end_epoch(self, epoch: int, result: dict):
+    def end_epoch(self, epoch: int, result: dict) -> str:
+        """Log the epoch and write its checkpoint, then validate: a stop asked during the epoch's
+        last step skips the pass, one asked during it cuts it short (result["stopped"]); the
+        checkpoint already holds the epoch, and a resume from it runs the pass first."""
         for line in mxlog.train_lines(epoch, {k: result[k] for k in ("accuracy", "top_k_accuracy_5", "cross-entropy")}):
             self.log.info(line)
         self.log.info(mxlog.time_cost_line(epoch, result["time"]))
@@ -312,12 +342,29 @@ class Trainer:
             checkpoint.save(path, state)
             checkpoint.prune(self.cfg.checkpoints_dir, self.cfg.prefix, self.cfg.keep_last, (epoch + 1, 0))
             self.log.info(mxlog.checkpoint_line(path))
-        if self.val_loader is not None:
-            val = evaluate(self.model, self.val_loader, self.env, self.cfg.num_classes, self.cfg.amp)
-            for line in mxlog.validation_lines(epoch, {k: val[k] for k in ("accuracy", "top_k_accuracy_5", "cross-entropy")}):
-                self.log.info(line)
-            result["val"] = val
+        if self.val_loader is not None and result["stop_after"]:
+            self.log.info(f"Validation of Epoch[{epoch}] skipped by the stop: a resume from {path} runs it first")
+            result["stopped"] = True
+        elif self.val_loader is not None:
+            result["stopped"] = self.validate(epoch, path, result)
         dist.barrier()
+        return path
+
+    def validate(self, epoch: int, path: str, result=None) -> bool:
+        """Epoch[epoch]'s validation pass (its checkpoint `path` is on disk); True when a stop cut
+        it short. A stop asked at its end is left to the caller (result["stop_after"])."""
+        val = evaluate(self.model, self.val_loader, self.env, self.cfg.num_classes, self.cfg.amp, stop=self.stop)
+        if val.get("stopped"):
+            self.log.info(f"Stopped during the validation of Epoch[{epoch}]: a resume from {path} runs it again")
+            return True
+        metrics = {k: val[k] for k in ("accuracy", "top_k_accuracy_5", "cross-entropy")}
+        for line in mxlog.validation_lines(epoch, metrics):
+            self.log.info(line)
+        if self.env.main:
+            checkpoint.save_validation(path, epoch, metrics)
+        if result is not None:
+            result["val"], result["stop_after"] = val, result["stop_after"] or val["stop_after"]
+        return False
 
 
 class Speedometer:
