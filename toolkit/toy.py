@@ -3,6 +3,11 @@
 Ten classes, each a shape with its own colour family, drawn at a random position, scale and
 rotation on a textured background with clutter, at sizes from 64 to 160 pixels. A small CNN learns
 it to high accuracy in a few CPU minutes; it is the default dataset of the quickstart and the tests.
+
+Variant "symbols" (`tools/make_toy.py --variant symbols`): ten other classes (pentagon, octagon,
+arrow, half-disc, dots, waves, grid, zigzag, bullseye, frame) on the same backgrounds, each image
+in a random colour, so only the form tells the class: a second set to fine-tune on, or to fit a
+linear classifier on features learnt from the first. The default variant's images are unchanged.
 """
 import math
 import os
@@ -14,6 +19,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from toolkit.im2rec import PackOptions, pack_list
 from toolkit.lists import make_lists
 
+VARIANTS = ("shapes", "symbols")
+SYMBOLS = ["pentagon", "octagon", "arrow", "halfdisc", "dots", "waves", "grid", "zigzag", "bullseye", "frame"]
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon",
            "stripes", "checker"]
 # base RGB per class; each image jitters it
@@ -63,7 +70,41 @@ def _draw_shape(d: ImageDraw.ImageDraw, cls: int, cx, cy, r, rot, fill):
                     d.rectangle([cx + i * s, cy + j * s, cx + (i + 1) * s, cy + (j + 1) * s], fill=fill)
 
 
-def draw_image(rng: np.random.Generator, cls: int) -> Image.Image:
+def _draw_symbol(d: ImageDraw.ImageDraw, cls: int, cx, cy, r, rot, fill):
+    name, w = SYMBOLS[cls], max(2, int(r / 5))
+    along = lambda t, o=0.0: (cx + t * math.cos(rot) - o * math.sin(rot),  # noqa: E731
+                              cy + t * math.sin(rot) + o * math.cos(rot))
+    if name in ("pentagon", "octagon"):
+        d.polygon(_polygon(cx, cy, r, 5 if name == "pentagon" else 8, rot), fill=fill)
+    elif name == "arrow":
+        d.polygon([along(*p) for p in ((-r, -r / 5), (0, -r / 5), (0, -r / 2), (r, 0), (0, r / 2),
+                                       (0, r / 5), (-r, r / 5))], fill=fill)
+    elif name == "halfdisc":
+        start = math.degrees(rot)
+        d.pieslice([cx - r, cy - r, cx + r, cy + r], start, start + 180, fill=fill)
+    elif name == "dots":
+        for i in (-1, 0, 1):
+            for j in (-1, 0, 1):
+                x, y = along(i * r * 0.6, j * r * 0.6)
+                d.ellipse([x - r / 6, y - r / 6, x + r / 6, y + r / 6], fill=fill)
+    elif name in ("waves", "zigzag"):
+        for o in (-r / 2, 0, r / 2) if name == "waves" else (0,):
+            pts = [along(t, o + r / 5 * (math.sin(t / r * 3 * math.pi) if name == "waves" else
+                                         (1 if int((t + r) / (r / 3)) % 2 else -1) * 2))
+                   for t in np.linspace(-r, r, 25 if name == "waves" else 7)]
+            d.line(pts, fill=fill, width=w)
+    elif name == "grid":
+        for o in (-r / 3, r / 3):
+            d.line([along(-r, o), along(r, o)], fill=fill, width=w)
+            d.line([along(o, -r), along(o, r)], fill=fill, width=w)
+    elif name == "bullseye":
+        for k in (1.0, 0.6, 0.25):
+            d.ellipse([cx - r * k, cy - r * k, cx + r * k, cy + r * k], outline=fill, width=max(2, int(r / 8)))
+    elif name == "frame":
+        d.polygon(_polygon(cx, cy, r, 4, rot), outline=fill, width=w)
+
+
+def draw_image(rng: np.random.Generator, cls: int, variant: str = "shapes") -> Image.Image:
     """One image of class `cls`: textured background, clutter, then the class's shape."""
     w, h = (int(v) for v in rng.integers(64, 161, size=2))
     bg = rng.integers(30, 140, size=3)
@@ -80,21 +121,30 @@ def draw_image(rng: np.random.Generator, cls: int) -> Image.Image:
     r = float(rng.uniform(0.22, 0.4)) * min(w, h)
     cx = float(rng.uniform(r, w - r))
     cy = float(rng.uniform(r, h - r))
+    if variant == "symbols":  # any colour: only the form tells the class
+        fill = tuple(int(v) for v in rng.integers(60, 256, size=3))
+        _draw_symbol(d, cls, cx, cy, r, float(rng.uniform(0, 2 * math.pi)), fill)
+        return img
     fill = tuple(int(np.clip(v + rng.integers(-35, 36), 0, 255)) for v in COLOURS[cls])
     _draw_shape(d, cls, cx, cy, r, float(rng.uniform(0, 2 * math.pi)), fill)
     return img
 
 
-def make_toy_images(root: str, images_per_class: int = 250, num_classes: int = 10, seed: int = 0) -> str:
+def make_toy_images(root: str, images_per_class: int = 250, num_classes: int = 10, seed: int = 0,
+                    variant: str = "shapes") -> str:
     """Write `images_per_class` JPEGs per class into root/<class>/; deterministic for `seed`."""
-    if not 2 <= num_classes <= len(CLASSES):
-        raise ValueError(f"num_classes must be 2..{len(CLASSES)}")
+    names = SYMBOLS if variant == "symbols" else CLASSES
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}")
+    if not 2 <= num_classes <= len(names):
+        raise ValueError(f"num_classes must be 2..{len(names)}")
     for cls in range(num_classes):
-        folder = os.path.join(root, CLASSES[cls])
+        folder = os.path.join(root, names[cls])
         os.makedirs(folder, exist_ok=True)
-        rng = np.random.default_rng([seed, cls])  # per class: adding classes keeps the others
+        # per class (adding classes keeps the others); the symbols on streams of their own
+        rng = np.random.default_rng([seed, cls] if variant == "shapes" else [seed, cls, 1])
         for i in range(images_per_class):
-            draw_image(rng, cls).save(os.path.join(folder, f"{CLASSES[cls]}_{i:04d}.jpg"), quality=90)
+            draw_image(rng, cls, variant).save(os.path.join(folder, f"{names[cls]}_{i:04d}.jpg"), quality=90)
     return root
 
 
@@ -104,14 +154,14 @@ def toy_files(root: str) -> List[str]:
 
 
 def ensure_toy_dataset(root: str = "data/toy", images_per_class: int = 250, num_classes: int = 10,
-                       seed: int = 0, num_thread: int = 0, quiet: bool = False) -> str:
+                       seed: int = 0, num_thread: int = 0, quiet: bool = False, variant: str = "shapes") -> str:
     """Generate, list (80/20 train/val) and pack the toy dataset into `root`, unless already there."""
     if all(os.path.exists(p) for p in toy_files(root)):
         return root
     if not quiet:
-        print(f"building the toy dataset in {root} ({num_classes} classes x {images_per_class} "
+        print(f"building the toy dataset in {root} ({variant}: {num_classes} classes x {images_per_class} "
               "images; done once)", flush=True)
-    images = make_toy_images(os.path.join(root, "images"), images_per_class, num_classes, seed)
+    images = make_toy_images(os.path.join(root, "images"), images_per_class, num_classes, seed, variant)
     lists = make_lists(os.path.join(root, "toy"), images, recursive=True, train_ratio=0.8)
     opts = PackOptions(pass_through=True, num_thread=num_thread or (os.cpu_count() or 1))
     for lst in lists:

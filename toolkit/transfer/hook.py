@@ -25,8 +25,10 @@ def read_on_every_rank(text: str, env) -> Source:
 
 
 class Transfer:
-    def __init__(self, cfg, env, fresh: bool):
-        self.source: Optional[Source] = read_on_every_rank(cfg.init_from, env) if fresh and cfg.init_from else None
+    def __init__(self, cfg, env, fresh: bool, source: Optional[Source] = None):
+        if source is None and fresh and cfg.init_from:
+            source = read_on_every_rank(cfg.init_from, env)
+        self.source = source
         self.lines: List[str] = []
         self.head: List[str] = []
         self.freezer: Optional[Freezer] = None
