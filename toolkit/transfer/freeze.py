@@ -25,7 +25,10 @@ def head_keys(recipe: str, model_kwargs: dict, model: nn.Module) -> List[str]:
     classes = (model_kwargs.get("num_classes") or _out_features(model)) + 1
     with torch.device("meta"):
         other = build_model(recipe, **{**model_kwargs, "num_classes": classes}).state_dict()
-    return [k for k, v in ours.items() if k in other and tuple(other[k].shape) != tuple(v.shape)]
+    head = [k for k, v in ours.items() if k in other and tuple(other[k].shape) != tuple(v.shape)]
+    if ours.keys() != other.keys() or (head and head[0] == next(iter(ours))):
+        raise ValueError(f"{recipe}: the model options {model_kwargs} do not describe this model")
+    return head
 
 
 def _out_features(model: nn.Module) -> int:
