@@ -112,3 +112,36 @@ def test_mistakes_are_one_line(sets, tmp_path, args, message):
     errors = [line for line in proc.stderr.splitlines() if "Error" in line]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+RANKS_SCRIPT = '''
+import sys, torch, torch.distributed as tdist
+from toolkit.engine import dist
+from toolkit.engine.config import make_config
+from toolkit.engine.logs import setup_logging
+from toolkit.engine.trainer import Trainer, resolve_num_classes
+data, source, out = sys.argv[1:4]
+env = dist.setup()
+cfg = resolve_num_classes(make_config("resnet20", image_size=32, batch_size=8, workers=0, seed=4, data=data,
+                          init_from=source, freeze_epochs=1, epochs=2, lr=0.05, prefix="r", logs_dir=out,
+                          checkpoints_dir=out))
+trainer = Trainer(cfg, env, setup_logging(out + "/r.log", env.main))
+trainer.fit()
+flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+every = [torch.zeros_like(flat) for _ in range(env.world)]
+tdist.all_gather(every, flat)
+if env.main:
+    print("ranks identical:", all(torch.equal(every[0], f) for f in every))
+dist.teardown()
+'''
+
+
+def test_two_processes_stay_in_step_after_the_unfreeze(sets, tmp_path):
+    """DDP syncs only the parameters that learned when it was built: it is rebuilt at the unfreeze
+    (without that, the body's gradients are never all-reduced and the ranks drift apart)."""
+    _, second, source = sets
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    proc = run([*launcher(2), str(script), second, source, str(tmp_path)])
+    assert "ranks identical: True" in proc.stdout, proc.stdout
+    assert "Epoch[1] body unfrozen" in open(tmp_path / "r.log").read()
