@@ -100,6 +100,15 @@ def test_our_checkpoint_of_another_width_is_refused_with_its_flags(tmp_path):
         load("resnet18", tmp_path / "r-0001.pt", num_classes=10)
     model, lines = load("resnet18", tmp_path / "r-0001.pt", num_classes=4, width=0.25)
     assert "our checkpoint, ours layout" in lines[0] and "fc.weight, fc.bias" in lines[1]
+    # the same number of classes: the head is kept, unless --new-head
+    kw = {"num_classes": 10, "width": 0.25}
+    for new_head in (False, True):
+        model = build_model("resnet18", **kw)
+        built = model.fc.weight.clone()
+        lines = load_into(model, read_source(str(tmp_path / "r-0001.pt")), "resnet18",
+                          head_keys("resnet18", kw, model), new_head)
+        assert torch.equal(model.fc.weight, built if new_head else small.fc.weight)
+        assert ("fc.weight, fc.bias" in lines[1]) == new_head and ("fc.weight" in lines[2]) == new_head
 
 
 @pytest.mark.parametrize("text,match", [

@@ -140,6 +140,9 @@ _TRANSFER_FLAGS = [
     click.option("--freeze-until", default=None, metavar="LAYER",
                  help="Keep the layers up to LAYER frozen for the whole run (names: tools/extract_features.py "
                       "--list-layers)."),
+    click.option("--new-head/--keep-head", default=None,
+                 help="With --init-from: a new head even when the source's fits (other classes of the same "
+                      "number); default: keep a head that fits."),
     click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="The head's learning rate as a multiple of --lr."),
 ]

@@ -71,6 +71,7 @@ class TrainConfig:
     freeze_epochs: int = 0               # epochs in which only the head learns
     freeze_until: str = ""               # layers up to this one stay frozen
     head_lr_mult: float = 1.0            # the head's LR: this times the LR
+    new_head: bool = False               # a new head even where the source's has the same shape
 
     def model_kwargs(self) -> dict:
         return model_kwargs(dataclasses.asdict(self))

@@ -1,7 +1,7 @@
 """The trainer's one hook into transfer learning: `Transfer(cfg, env, fresh)` reads --init-from on a
 fresh run and settles the normalisation; `attach(model)` loads the weights and finds the head;
 `start_epoch(model, epoch)` freezes and unfreezes (toolkit/transfer/freeze.py). With none of the
-transfer options set it does nothing but find the head."""
+transfer options set it does nothing."""
 from typing import List, Optional
 
 import torch.nn as nn
@@ -28,7 +28,7 @@ class Transfer:
     def __init__(self, cfg, env, fresh: bool, source: Optional[Source] = None):
         if source is None and fresh and cfg.init_from:
             source = read_on_every_rank(cfg.init_from, env)
-        self.source = source
+        self.source, self.fresh = source, fresh
         self.lines: List[str] = []
         self.head: List[str] = []
         self.freezer: Optional[Freezer] = None
@@ -38,8 +38,8 @@ class Transfer:
         first ("dataset": the dataset's), then the source's (ImageNet's for torchvision's weights)."""
         from toolkit.data import dataset_info
         from toolkit.engine.config import override
-        if cfg.mean is None and cfg.std is None and self.source is None:
-            return cfg  # the dataset's, as without transfer learning
+        if not self.fresh or (cfg.mean is None and cfg.std is None and self.source is None):
+            return cfg  # a resume keeps its run's; without these flags, the dataset's
         data = dataset_info(cfg.data)
         base = source_mean_std(self.source) if self.source is not None else \
             (data.mean, data.std, f"the dataset's ({cfg.data})")
@@ -57,10 +57,12 @@ class Transfer:
 
     def attach(self, model: nn.Module, cfg):
         """Load --init-from into `model` and set up the freezing; call before building the optimizer."""
+        if self.source is None and not (cfg.freeze_epochs or cfg.freeze_until or cfg.head_lr_mult != 1):
+            return
         self.head = head_keys(cfg.recipe, cfg.model_kwargs(), model)
         if self.source is not None:
             from toolkit.transfer.weights import load_into
-            self.lines[:0] = load_into(model, self.source, cfg.recipe, self.head)
+            self.lines[:0] = load_into(model, self.source, cfg.recipe, self.head, cfg.new_head)
         if cfg.freeze_epochs or cfg.freeze_until:
             self.freezer = Freezer(model, self.head, cfg.freeze_epochs, cfg.freeze_until)
             self.lines.append(f"fine-tuning: head {', '.join(self.head)}; " + self._plan(cfg, model))

@@ -146,14 +146,16 @@ def _mismatch(source: Source, recipe: str, key: str, theirs: Optional[str], stat
     return f"--init-from {source.text}: the body does not fit recipe {recipe}: first mismatch {what}{hint}"
 
 
-def load_into(model: torch.nn.Module, source: Source, recipe: str, head: List[str]) -> List[str]:
-    """Copy the source's tensors into `model`; returns the log lines (loaded / new / ignored)."""
+def load_into(model: torch.nn.Module, source: Source, recipe: str, head: List[str],
+              new_head: bool = False) -> List[str]:
+    """Copy the source's tensors into `model` (the head too where it fits, unless `new_head`); returns
+    the log lines (loaded / new / ignored)."""
     ours = model.state_dict()
     state, names, layout = to_our_layout(source, recipe, ours)
     loaded, new = [], []
     for key, mine in ours.items():
         theirs = state.get(key)
-        if theirs is not None and tuple(theirs.shape) == tuple(mine.shape):
+        if theirs is not None and tuple(theirs.shape) == tuple(mine.shape) and not (new_head and key in head):
             loaded.append(key)
         elif key in head:
             new.append(key)
@@ -161,13 +163,14 @@ def load_into(model: torch.nn.Module, source: Source, recipe: str, head: List[st
             raise UserError(_mismatch(source, recipe, key, names.get(key) if theirs is not None else None,
                                       state, ours))
     model.load_state_dict({**ours, **{k: state[k] for k in loaded}})
-    ignored = [names.get(k, k) for k in state if k not in ours]
+    ignored = [names.get(k, k) for k in state if k not in ours or (new_head and k in head)]
     count = sum(ours[k].numel() for k in loaded)
     origin = {"checkpoint": "our checkpoint", "torchvision": "torchvision's weights",
               "state_dict": "state_dict file"}[source.kind]
     return [f"init from {source.text} ({origin}, {layout} layout): loaded {len(loaded)} tensors, "
             f"{count:,d} values",
-            f"init new (as built here: {'a new head' if new else 'the head fits'}): {_names(new)}",
+            f"init new (as built here: {'a new head' if new else 'the head fits; --new-head for a new one'}): "
+            f"{_names(new)}",
             f"init ignored (in the source, not in {recipe}): {_names(ignored)}"]
 
 
