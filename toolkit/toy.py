@@ -5,8 +5,8 @@ rotation on a textured background with clutter, at sizes from 64 to 160 pixels. 
 it to high accuracy in a few CPU minutes; it is the default dataset of the quickstart and the tests.
 
 Variant "symbols" (`tools/make_toy.py --variant symbols`): ten other classes (pentagon, octagon,
-arrow, half-disc, dots, waves, grid, zigzag, bullseye, frame) on the same backgrounds, each image
-in a random colour, so only the form tells the class: a second set to fine-tune on, or to fit a
+arrow, half-disc, dots, waves, grid, zigzag, bullseye, frame) on the same backgrounds, each in a
+colour family of its own (other hues than the shapes'): a second set to fine-tune on, or to fit a
 linear classifier on features learnt from the first. The default variant's images are unchanged.
 """
 import math
@@ -20,6 +20,8 @@ from toolkit.im2rec import PackOptions, pack_list
 from toolkit.lists import make_lists
 
 VARIANTS = ("shapes", "symbols")
+SYMBOL_COLOURS = [(200, 120, 120), (120, 200, 120), (120, 120, 200), (200, 200, 110), (200, 110, 200),
+                  (110, 200, 200), (250, 170, 60), (90, 60, 170), (170, 230, 60), (60, 110, 60)]
 SYMBOLS = ["pentagon", "octagon", "arrow", "halfdisc", "dots", "waves", "grid", "zigzag", "bullseye", "frame"]
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon",
            "stripes", "checker"]
@@ -121,8 +123,8 @@ def draw_image(rng: np.random.Generator, cls: int, variant: str = "shapes") -> I
     r = float(rng.uniform(0.22, 0.4)) * min(w, h)
     cx = float(rng.uniform(r, w - r))
     cy = float(rng.uniform(r, h - r))
-    if variant == "symbols":  # any colour: only the form tells the class
-        fill = tuple(int(v) for v in rng.integers(60, 256, size=3))
+    if variant == "symbols":
+        fill = tuple(int(np.clip(v + rng.integers(-30, 31), 0, 255)) for v in SYMBOL_COLOURS[cls])
         _draw_symbol(d, cls, cx, cy, r, float(rng.uniform(0, 2 * math.pi)), fill)
         return img
     fill = tuple(int(np.clip(v + rng.integers(-35, 36), 0, 255)) for v in COLOURS[cls])
