@@ -21,6 +21,8 @@ setup(
         "pandas",
         "matplotlib",
         "tqdm",
+        # tools/train_linear.py: logistic regression on extracted features (toolkit/transfer/linear.py)
+        "scikit-learn>=1.3,<2",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )
