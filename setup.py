@@ -29,6 +29,8 @@ setup(
         "pyyaml>=6,<7",
         # tools/visualize.py: Grad-CAM and occlusion (toolkit/visualize/heatmaps.py)
         "captum>=0.7,<1",
+        # tools/train_linear.py: logistic regression on extracted features (toolkit/transfer/linear.py)
+        "scikit-learn>=1.3,<2",
     ],
     extras_require={
         # tools/export.py --format onnx: the dynamo-based exporter (onnxscript) and the parity check

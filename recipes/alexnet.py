@@ -3,6 +3,12 @@ Convolutional Neural Networks", NIPS 2012. The single-tower network of §3.5 (96
 convolutions, 11x11/4, 5x5, 3x3 kernels, overlapping 3x3/2 max-pooling, 4096-4096 FC with dropout),
 local response normalisation after the first two convolutions as in §3.3 (k=2, n=5, alpha=1e-4,
 beta=0.75) when bn='none'; with bn='before'/'after', BatchNorm replaces LRN on every convolution.
+
+alexnet_owt: the network torchvision's `alexnet` weights are for, from A. Krizhevsky, "One weird
+trick for parallelizing convolutional neural networks", arXiv:1404.5997 (2014): 64-192-384-256-256
+convolutions, no LRN, the same pooling and 4096-4096 FC head (61.1M parameters). Its defaults are
+torchvision's reference recipe for it (references/classification: SGD, lr 0.01 for 8 GPUs x 32,
+momentum 0.9, weight decay 1e-4, lr / 10 every 30 epochs, 90 epochs; top-1 56.5% with its weights).
 """
 import torch
 import torch.nn as nn
@@ -17,16 +23,22 @@ DEFAULTS = TrainDefaults(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e
                          epochs=90, lr_schedule="multistep", lr_step_epochs=(30, 60, 80),
                          lr_factor=0.1, image_size=224, train_aug="random_resized_crop,flip,pca_lighting",
                          source="Krizhevsky et al. 2012, §4-5")
+OWT = TrainDefaults(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=32, epochs=90,
+                    lr_schedule="step", lr_step_epochs=(30,), lr_factor=0.1, image_size=224,
+                    source="torchvision references/classification (alexnet: --lr 0.01, 8 GPUs x 32)")
+PAPER_CHANNELS = (96, 256, 384, 384, 256)
+OWT_CHANNELS = (64, 192, 384, 256, 256)  # Krizhevsky 2014, as torchvision's alexnet
 
 
 class AlexNet(nn.Module):
     def __init__(self, num_classes=1000, image_size=224, act="relu", bn="none", init="he_normal",
-                 bias_init=0.0, dropout=0.5, width=1.0, name="alexnet"):
+                 bias_init=0.0, dropout=0.5, width=1.0, name="alexnet",
+                 channels=PAPER_CHANNELS, lrn=True):
         super().__init__()
         check_options(name, act, bn, init)
         check_size(name, image_size, 64)
-        c = [ch(v, width) for v in (96, 256, 384, 384, 256)]
-        lrn = [nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)] if bn == "none" else []
+        c = [ch(v, width) for v in channels]
+        lrn = [nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)] if bn == "none" and lrn else []
         pool = nn.MaxPool2d(3, 2)
         self.features = nn.Sequential(
             conv_bn_act(3, c[0], 11, 4, 2, bn=bn, act=act, bias=True), *lrn, pool,
@@ -47,3 +59,5 @@ class AlexNet(nn.Module):
 
 
 register_recipe("alexnet", defaults=DEFAULTS, min_image_size=64)(lambda **kw: AlexNet(**kw))
+register_recipe("alexnet_owt", defaults=OWT, min_image_size=64)(
+    lambda **kw: AlexNet(name="alexnet_owt", channels=OWT_CHANNELS, lrn=False, **kw))

@@ -4,6 +4,13 @@ Inception v1 as in Table 1, with the real 5x5 convolution in the third branch (t
 §5 (`aux_logits=True`: in training mode the model returns (main, aux1, aux2) and exposes
 `aux_weight` = 0.3, the paper's discount).
 
+googlenet_bn: the network torchvision's `googlenet` weights are for (their doc: "ported from the
+original paper"): BatchNorm (eps 1e-3) after every convolution, a 3x3 convolution in the third
+branch, a 2x2/2 max-pool after 4e, dropout 0.2 before the classifier, the auxiliary heads on
+(13.0M parameters with them, 6.6M without) and `transform_input` (the input, normalised with
+ImageNet's mean/std, re-normalised to the (x - 0.5) / 0.5 the ported weights expect). Training
+defaults: the paper's schedule, as googlenet.
+
 MiniGoogLeNet: the small Inception network for 32x32 images of C. Zhang et al., "Understanding deep
 learning requires rethinking generalization", ICLR 2017 (arXiv:1611.03530), Appendix A / Fig. 3.
 """
@@ -25,13 +32,17 @@ MINI = TrainDefaults(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, b
                      source="Zhang et al. 2017, App. A")
 
 
+IMAGENET_MEAN_01 = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD_01 = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
 class Inception(nn.Module):
-    def __init__(self, cin, c1, c3r, c3, c5r, c5, pp, bn, act):
+    def __init__(self, cin, c1, c3r, c3, c5r, c5, pp, bn, act, k5=5):
         super().__init__()
         cba = lambda i, o, k: conv_bn_act(i, o, k, bn=bn, act=act)  # noqa: E731
         self.b1 = cba(cin, c1, 1)
         self.b2 = nn.Sequential(cba(cin, c3r, 1), cba(c3r, c3, 3))
-        self.b3 = nn.Sequential(cba(cin, c5r, 1), cba(c5r, c5, 5))
+        self.b3 = nn.Sequential(cba(cin, c5r, 1), cba(c5r, c5, k5))
         self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), cba(cin, pp, 1))
 
     def forward(self, x):
@@ -63,8 +74,10 @@ class GoogLeNet(nn.Module):
     aux_weight = 0.3
 
     def __init__(self, num_classes=1000, image_size=224, act="relu", bn="none", init="xavier_uniform",
-                 bias_init=0.0, dropout=0.4, width=1.0, aux_logits=False, name="googlenet"):
+                 bias_init=0.0, dropout=0.4, width=1.0, aux_logits=False, name="googlenet",
+                 k5=5, pool4=3, bn_eps=1e-5, transform_input=False):
         super().__init__()
+        self.transform_input = transform_input
         check_options(name, act, bn, init)
         check_size(name, image_size, 64)
         lrn = [nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)] if bn == "none" else []
@@ -76,10 +89,11 @@ class GoogLeNet(nn.Module):
         blocks, cin, self.aux_at = [], ch(192, width), {}
         for spec in TABLE1:
             if spec == "M":
-                blocks.append(nn.MaxPool2d(3, 2, ceil_mode=True))
+                after_4e = any(isinstance(b, nn.MaxPool2d) for b in blocks)  # the second "M"
+                blocks.append(nn.MaxPool2d(pool4 if after_4e else 3, 2, ceil_mode=True))
                 continue
             c = [ch(v, width) for v in spec]
-            blocks.append(Inception(cin, *c, bn=bn, act=act))
+            blocks.append(Inception(cin, *c, bn=bn, act=act, k5=k5))
             cin = c[0] + c[2] + c[4] + c[5]
             if aux_logits and spec in (TABLE1[3], TABLE1[6]):  # after 4a and 4d
                 self.aux_at[len(blocks) - 1] = len(self.aux_at)
@@ -89,8 +103,13 @@ class GoogLeNet(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(cin, num_classes))
         init_weights(self, init, act, bias_init)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = bn_eps
 
     def forward(self, x):
+        if self.transform_input:  # ImageNet-normalised -> (x - 0.5) / 0.5, as torchvision's
+            x = x * IMAGENET_STD_01.to(x) / 0.5 + (IMAGENET_MEAN_01.to(x) - 0.5) / 0.5
         x, aux = self.stem(x), []
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -137,4 +156,8 @@ class _Concat(nn.Module):
 
 
 register_recipe("googlenet", defaults=GOOGLENET, min_image_size=64)(lambda **kw: GoogLeNet(**kw))
+register_recipe("googlenet_bn", defaults=GOOGLENET, min_image_size=64)(
+    lambda **kw: GoogLeNet(**{"name": "googlenet_bn", "bn": "before", "dropout": 0.2, "aux_logits": True,
+                              "init": "he_normal", "k5": 3, "pool4": 2, "bn_eps": 1e-3,
+                              "transform_input": True, **kw}))
 register_recipe("minigooglenet", defaults=MINI, min_image_size=16)(lambda **kw: MiniGoogLeNet(**kw))

@@ -118,3 +118,44 @@ def train_options(fn):
     for opt in reversed(_TRAIN_FLAGS):
         fn = opt(fn)
     return fn
+
+
+def _rgb(ctx, param, value):
+    if value is None or value == "dataset":
+        return None if value is None else ()  # (): the dataset's
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise click.BadParameter(f"{value!r}: expected R,G,B on the 0-255 scale (e.g. 123.675,116.28,103.53) "
+                                 "or 'dataset'")
+    return values
+
+
+# transfer learning flags of train.py (toolkit/transfer); a resume keeps the checkpoint's
+_TRANSFER_FLAGS = [
+    click.option("--init-from", default=None, metavar="SOURCE",
+                 help="Start from these weights: our checkpoint (PREFIX-NNNN.pt, any recipe with the same "
+                      "body), a torchvision state_dict file (.pth), or torchvision:NAME (e.g. torchvision:resnet50)."),
+    click.option("--mean", callback=_rgb, default=None, metavar="R,G,B|dataset",
+                 help="Normalisation mean, 0-255 (default: the source's with --init-from, else the dataset's)."),
+    click.option("--std", callback=_rgb, default=None, metavar="R,G,B|dataset", help="Normalisation std, 0-255."),
+    click.option("--freeze-epochs", type=click.IntRange(min=0), default=None,
+                 help="Epochs in which only the head learns (body and its BatchNorm statistics frozen)."),
+    click.option("--freeze-until", default=None, metavar="LAYER",
+                 help="Keep the layers up to LAYER frozen for the whole run (names: tools/extract_features.py "
+                      "--list-layers)."),
+    click.option("--new-head/--keep-head", default=None,
+                 help="With --init-from: a new head even when the source's fits (other classes of the same "
+                      "number); default: keep a head that fits."),
+    click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="The head's learning rate as a multiple of --lr."),
+]
+
+
+def transfer_options(fn):
+    """Decorate a click command with the transfer-learning flags."""
+    for opt in reversed(_TRANSFER_FLAGS):
+        fn = opt(fn)
+    return fn

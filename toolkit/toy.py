@@ -7,6 +7,11 @@ Each shape's bounding box goes into `IMAGES.boxes.tsv` beside the image folder I
 the .lst lists, x0, y0, x1, y1 with x1/y1 exclusive, image width and height; outside the folder, so
 that the folder holds only images), so tools/visualize.py's heatmaps can be checked against where
 the shape really is.
+
+Variant "symbols" (`tools/make_toy.py --variant symbols`): ten other classes (pentagon, octagon,
+arrow, half-disc, dots, waves, grid, zigzag, bullseye, frame) on the same backgrounds, each in a
+colour family of its own (other hues than the shapes'): a second set to fine-tune on, or to fit a
+linear classifier on features learnt from the first. The default variant's images are unchanged.
 """
 import csv
 import math
@@ -20,6 +25,10 @@ from toolkit.atomic import atomic_open
 from toolkit.im2rec import PackOptions, pack_list
 from toolkit.lists import make_lists
 
+VARIANTS = ("shapes", "symbols")
+SYMBOL_COLOURS = [(200, 120, 120), (120, 200, 120), (120, 120, 200), (200, 200, 110), (200, 110, 200),
+                  (110, 200, 200), (250, 170, 60), (90, 60, 170), (170, 230, 60), (60, 110, 60)]
+SYMBOLS = ["pentagon", "octagon", "arrow", "halfdisc", "dots", "waves", "grid", "zigzag", "bullseye", "frame"]
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon",
            "stripes", "checker"]
 # base RGB per class; each image jitters it
@@ -69,6 +78,40 @@ def _draw_shape(d: ImageDraw.ImageDraw, cls: int, cx, cy, r, rot, fill):
                     d.rectangle([cx + i * s, cy + j * s, cx + (i + 1) * s, cy + (j + 1) * s], fill=fill)
 
 
+def _draw_symbol(d: ImageDraw.ImageDraw, cls: int, cx, cy, r, rot, fill):
+    name, w = SYMBOLS[cls], max(2, int(r / 5))
+    along = lambda t, o=0.0: (cx + t * math.cos(rot) - o * math.sin(rot),  # noqa: E731
+                              cy + t * math.sin(rot) + o * math.cos(rot))
+    if name in ("pentagon", "octagon"):
+        d.polygon(_polygon(cx, cy, r, 5 if name == "pentagon" else 8, rot), fill=fill)
+    elif name == "arrow":
+        d.polygon([along(*p) for p in ((-r, -r / 5), (0, -r / 5), (0, -r / 2), (r, 0), (0, r / 2),
+                                       (0, r / 5), (-r, r / 5))], fill=fill)
+    elif name == "halfdisc":
+        start = math.degrees(rot)
+        d.pieslice([cx - r, cy - r, cx + r, cy + r], start, start + 180, fill=fill)
+    elif name == "dots":
+        for i in (-1, 0, 1):
+            for j in (-1, 0, 1):
+                x, y = along(i * r * 0.6, j * r * 0.6)
+                d.ellipse([x - r / 6, y - r / 6, x + r / 6, y + r / 6], fill=fill)
+    elif name in ("waves", "zigzag"):
+        for o in (-r / 2, 0, r / 2) if name == "waves" else (0,):
+            pts = [along(t, o + r / 5 * (math.sin(t / r * 3 * math.pi) if name == "waves" else
+                                         (1 if int((t + r) / (r / 3)) % 2 else -1) * 2))
+                   for t in np.linspace(-r, r, 25 if name == "waves" else 7)]
+            d.line(pts, fill=fill, width=w)
+    elif name == "grid":
+        for o in (-r / 3, r / 3):
+            d.line([along(-r, o), along(r, o)], fill=fill, width=w)
+            d.line([along(o, -r), along(o, r)], fill=fill, width=w)
+    elif name == "bullseye":
+        for k in (1.0, 0.6, 0.25):
+            d.ellipse([cx - r * k, cy - r * k, cx + r * k, cy + r * k], outline=fill, width=max(2, int(r / 8)))
+    elif name == "frame":
+        d.polygon(_polygon(cx, cy, r, 4, rot), outline=fill, width=w)
+
+
 BOX_COLUMNS = ["path", "x0", "y0", "x1", "y1", "width", "height"]
 
 
@@ -77,12 +120,12 @@ def boxes_path(image_root: str) -> str:
     return os.path.normpath(os.path.abspath(image_root)) + ".boxes.tsv"
 
 
-def draw_image(rng: np.random.Generator, cls: int) -> Image.Image:
+def draw_image(rng: np.random.Generator, cls: int, variant: str = "shapes") -> Image.Image:
     """One image of class `cls`: textured background, clutter, then the class's shape."""
-    return draw_image_with_box(rng, cls)[0]
+    return draw_image_with_box(rng, cls, variant)[0]
 
 
-def draw_image_with_box(rng: np.random.Generator, cls: int):
+def draw_image_with_box(rng: np.random.Generator, cls: int, variant: str = "shapes"):
     """(image, (x0, y0, x1, y1)): the image of draw_image and the pixels its shape covers (the
     shape drawn again on a mask, so the random draws and the image are the same as without it)."""
     w, h = (int(v) for v in rng.integers(64, 161, size=2))
@@ -100,26 +143,37 @@ def draw_image_with_box(rng: np.random.Generator, cls: int):
     r = float(rng.uniform(0.22, 0.4)) * min(w, h)
     cx = float(rng.uniform(r, w - r))
     cy = float(rng.uniform(r, h - r))
+    mask = Image.new("L", (w, h))
+    if variant == "symbols":
+        fill = tuple(int(np.clip(v + rng.integers(-30, 31), 0, 255)) for v in SYMBOL_COLOURS[cls])
+        rot = float(rng.uniform(0, 2 * math.pi))
+        _draw_symbol(d, cls, cx, cy, r, rot, fill)
+        _draw_symbol(ImageDraw.Draw(mask), cls, cx, cy, r, rot, 255)
+        return img, mask.getbbox()
     fill = tuple(int(np.clip(v + rng.integers(-35, 36), 0, 255)) for v in COLOURS[cls])
     rot = float(rng.uniform(0, 2 * math.pi))
     _draw_shape(d, cls, cx, cy, r, rot, fill)
-    mask = Image.new("L", (w, h))
     _draw_shape(ImageDraw.Draw(mask), cls, cx, cy, r, rot, 255)
     return img, mask.getbbox()
 
 
-def make_toy_images(root: str, images_per_class: int = 250, num_classes: int = 10, seed: int = 0) -> str:
+def make_toy_images(root: str, images_per_class: int = 250, num_classes: int = 10, seed: int = 0,
+                    variant: str = "shapes") -> str:
     """Write `images_per_class` JPEGs per class into root/<class>/; deterministic for `seed`."""
-    if not 2 <= num_classes <= len(CLASSES):
-        raise ValueError(f"num_classes must be 2..{len(CLASSES)}")
+    names = SYMBOLS if variant == "symbols" else CLASSES
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}")
+    if not 2 <= num_classes <= len(names):
+        raise ValueError(f"num_classes must be 2..{len(names)}")
     rows = []
     for cls in range(num_classes):
-        folder = os.path.join(root, CLASSES[cls])
+        folder = os.path.join(root, names[cls])
         os.makedirs(folder, exist_ok=True)
-        rng = np.random.default_rng([seed, cls])  # per class: adding classes keeps the others
+        # per class (adding classes keeps the others); the symbols on streams of their own
+        rng = np.random.default_rng([seed, cls] if variant == "shapes" else [seed, cls, 1])
         for i in range(images_per_class):
-            name = f"{CLASSES[cls]}/{CLASSES[cls]}_{i:04d}.jpg"
-            img, box = draw_image_with_box(rng, cls)
+            name = f"{names[cls]}/{names[cls]}_{i:04d}.jpg"
+            img, box = draw_image_with_box(rng, cls, variant)
             img.save(os.path.join(root, name), quality=90)
             rows.append([name, *box, *img.size])
     with atomic_open(boxes_path(root), "w", newline="") as f:
@@ -135,14 +189,14 @@ def toy_files(root: str) -> List[str]:
 
 
 def ensure_toy_dataset(root: str = "data/toy", images_per_class: int = 250, num_classes: int = 10,
-                       seed: int = 0, num_thread: int = 0, quiet: bool = False) -> str:
+                       seed: int = 0, num_thread: int = 0, quiet: bool = False, variant: str = "shapes") -> str:
     """Generate, list (80/20 train/val) and pack the toy dataset into `root`, unless already there."""
     if all(os.path.exists(p) for p in toy_files(root)):
         return root
     if not quiet:
-        print(f"building the toy dataset in {root} ({num_classes} classes x {images_per_class} "
+        print(f"building the toy dataset in {root} ({variant}: {num_classes} classes x {images_per_class} "
               "images; done once)", flush=True)
-    images = make_toy_images(os.path.join(root, "images"), images_per_class, num_classes, seed)
+    images = make_toy_images(os.path.join(root, "images"), images_per_class, num_classes, seed, variant)
     lists = make_lists(os.path.join(root, "toy"), images, recursive=True, train_ratio=0.8)
     opts = PackOptions(pass_through=True, num_thread=num_thread or (os.cpu_count() or 1))
     for lst in lists:

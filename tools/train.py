@@ -3,6 +3,7 @@
 
     torchrun --nproc_per_node=8 tools/train.py --recipe resnet50 --data data/imagenet
     python tools/train.py --recipe resnet18 --image-size 64 --width 0.25    # the toy dataset
+    python tools/train.py --recipe resnet50 --data DATA --init-from torchvision:resnet50 --freeze-epochs 2
 
 Ctrl-C (or SIGTERM) stops every rank at the same step and writes a checkpoint; tools/resume.py
 continues from it. Logs: LOGS/PREFIX.log in MXNet's format; checkpoints: CKPT/PREFIX-NNNN.pt.
@@ -11,7 +12,7 @@ import sys
 
 import click
 
-from toolkit.cli import model_options, train_options
+from toolkit.cli import model_options, train_options, transfer_options
 from toolkit.engine.config import make_config
 from toolkit.engine.run import run
 
@@ -20,6 +21,7 @@ from toolkit.engine.run import run
 @click.option("--recipe", required=True, help="Network and its training defaults (tools/summary.py --recipe).")
 @model_options
 @train_options
+@transfer_options
 def main(recipe, **params):
     sys.exit(run(make_config(recipe, **params)))  # flags left unset (None) keep the recipe's values
 

@@ -50,25 +50,27 @@ def choose_backend(backend: str, device: torch.device, ten_crop: bool = False, c
 def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=224, eval_resize=None,
                  rank=0, world_size=1, seed=0, backend="auto", device=torch.device("cpu"), workers=2,
                  channels_last=False, dtype=torch.float32, ten_crop=False, color_jitter=0.0,
-                 pca_lighting=0.0, min_scale=0.08, timeout=300.0):
+                 pca_lighting=0.0, min_scale=0.08, timeout=300.0, mean=None, std=None):
     """A loader over split `split` of `data_dir` for this rank (see the module docstring); its
     `backend` names the backend and `choice` says why it was chosen. `timeout`: seconds a wait for a
-    batch may last before the run ends with one line (torch backend, toolkit/data/workers.py)."""
+    batch may last before the run ends with one line (torch backend, toolkit/data/workers.py).
+    mean/std (0-255 RGB) default to the dataset's."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     chosen, why = choose_backend(backend, device, ten_crop, color_jitter if train else 0.0)
     records = open_split(data_dir, split)
     info = dataset_info(data_dir)
+    mean, std = tuple(mean or info.mean), tuple(std or info.std)
     # both backends read each epoch in this sampler's order (one permutation per (seed, epoch))
     batches = RankBatches(len(records), batch_size, rank, world_size, train, seed)
     if chosen == "dali":
         from toolkit.data.dali_backend import DaliLoader
-        loader = DaliLoader(records, batches, image_size, eval_resize, seed, device, workers, info.mean,
-                            info.std, channels_last, dtype, min_scale, pca_lighting if train else 0.0)
+        loader = DaliLoader(records, batches, image_size, eval_resize, seed, device, workers, mean,
+                            std, channels_last, dtype, min_scale, pca_lighting if train else 0.0)
     else:
         from toolkit.data.torch_backend import TorchLoader, build_transform
         transform = build_transform(train, image_size, eval_resize, ten_crop, color_jitter, min_scale)
-        loader = TorchLoader(records, batches, transform, device, workers, info.mean, info.std,
+        loader = TorchLoader(records, batches, transform, device, workers, mean, std,
                              channels_last, dtype, pca_lighting if train else 0.0, seed, timeout,
                              f"split {split!r} of {data_dir}")
     loader.choice = f"{chosen} ({why})"

@@ -66,6 +66,14 @@ class TrainConfig:
     checkpoints_dir: str = "checkpoints"
     log_every: int = 20
     keep_last: int = 0                   # 0: keep every epoch checkpoint
+    # transfer learning (toolkit/transfer)
+    init_from: str = ""                  # weights to start from: checkpoint, state_dict file, torchvision:NAME
+    mean: Optional[Tuple[float, ...]] = None   # 0-255 RGB; None: the source's with init_from, else the
+    std: Optional[Tuple[float, ...]] = None    # dataset's; (): the dataset's
+    freeze_epochs: int = 0               # epochs in which only the head learns
+    freeze_until: str = ""               # layers up to this one stay frozen
+    head_lr_mult: float = 1.0            # the head's LR: this times the LR
+    new_head: bool = False               # a new head even where the source's has the same shape
 
     def model_kwargs(self) -> dict:
         return model_kwargs(dataclasses.asdict(self))
@@ -115,6 +123,8 @@ def override(cfg: TrainConfig, **overrides) -> TrainConfig:
 def from_dict(d: dict) -> TrainConfig:
     d = dict(d)
     d["lr_step_epochs"] = tuple(d.get("lr_step_epochs", ()))
+    for key in ("mean", "std"):
+        d[key] = tuple(d[key]) if d.get(key) is not None else None
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
 
@@ -131,6 +141,10 @@ def validate(cfg: TrainConfig):
         (cfg.log_every >= 1, f"--log-every {cfg.log_every}: must be at least 1"),
         (0 < cfg.min_crop_scale <= 1, f"--min-crop-scale {cfg.min_crop_scale}: must be in (0, 1]"),
         (0 <= cfg.label_smoothing < 1, f"--label-smoothing {cfg.label_smoothing}: must be in [0, 1)"),
+        (cfg.freeze_epochs >= 0, f"--freeze-epochs {cfg.freeze_epochs}: must be 0 or more"),
+        (cfg.head_lr_mult > 0, f"--head-lr-mult {cfg.head_lr_mult}: must be positive"),
+        (all(v is None or len(v) in (0, 3) for v in (cfg.mean, cfg.std)) and all(s > 0 for s in cfg.std or ()),
+         "--mean/--std: three values R,G,B (0-255; std positive) or 'dataset'"),
         (cfg.lr_schedule != "multistep" or cfg.lr_step_epochs,
          "--lr-schedule multistep needs --lr-step-epochs (e.g. 30,60)"),
         (cfg.lr_schedule != "step" or (cfg.lr_step_epochs and cfg.lr_step_epochs[0] > 0),

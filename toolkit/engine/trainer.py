@@ -30,6 +30,7 @@ from toolkit.engine.signals import Agreement
 from toolkit.errors import UserError
 from toolkit.inference.meta import describe
 from toolkit.registry import build_model
+from toolkit.transfer.hook import Transfer
 
 class NonFiniteLoss(UserError):
     pass
@@ -39,7 +40,7 @@ def _loader_args(cfg: TrainConfig, env, backend=None, workers=None) -> dict:
     return dict(image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank, world_size=env.world,
                 seed=cfg.seed, backend=backend or cfg.loader, device=env.device,
                 workers=cfg.workers if workers is None else workers, channels_last=cfg.channels_last,
-                timeout=cfg.timeout)
+                timeout=cfg.timeout, mean=cfg.mean, std=cfg.std)
 
 
 def make_eval_loader(cfg: TrainConfig, env, data=None, split=None, batch_size=None, backend=None,
@@ -123,20 +124,20 @@ class Trainer:
     """Holds the state of a run; `fit()` trains from its position to cfg.epochs."""
 
     def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None, loaders=None):
+        self.transfer = Transfer(cfg, env, fresh=state is None)  # --init-from, --freeze-*, --head-lr-mult
+        cfg = self.transfer.resolve(cfg)
         self.cfg, self.env, self.log, self.stop = cfg, env, log, stop
         self.train_loader, self.val_loader = loaders or make_loaders(cfg, env)
         self.model = prepare_model(cfg, env)
+        self.transfer.attach(self.model, cfg)
         self.stochastic = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg, self.transfer.head)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
         self.epoch, self.batch, self.step, self.carry = 0, 0, 0, None
         if state is not None:
             self._restore(state)
-        self.ddp = DDP(self.model, device_ids=[env.device] if env.device.type == "cuda" else None) \
-            if env.world > 1 else None
-        self.net = self.ddp or self.model
-        if cfg.compile:
-            self.net = torch.compile(self.net)
+        self.transfer.start_epoch(self.model, self.epoch)
+        self._wrap()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.lr, self._pending = None, None
         # an epoch checkpoint whose validation pass a stop cut short: validated again first
@@ -144,6 +145,15 @@ class Trainer:
         if state is not None and resumed_from and self.val_loader is not None:
             self.pending_val = checkpoint.pending_validation(resumed_from, state)
         self._log_start(resumed_from)
+
+    def _wrap(self):
+        """DDP (which syncs the parameters that learn when it is built) and torch.compile around the model."""
+        self.ddp = self.net = None  # a replaced DDP's reducer must go before the new one hooks in
+        self.ddp = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None) \
+            if self.env.world > 1 else None
+        self.net = self.ddp or self.model
+        if self.cfg.compile:
+            self.net = torch.compile(self.net)
 
     def _restore(self, state):
         self.model.load_state_dict(state["model"])
@@ -175,7 +185,7 @@ class Trainer:
     def _log_start(self, resumed_from):
         params = sum(p.numel() for p in self.model.parameters())
         loader = getattr(self.train_loader, "choice", self.train_loader.backend)  # "dali (auto: GPU decode)"
-        for line in header_lines(self.cfg, self.env, loader, params):
+        for line in header_lines(self.cfg, self.env, loader, params) + self.transfer.lines:
             self.log.info(line)
         if resumed_from:
             lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
@@ -204,7 +214,7 @@ class Trainer:
             if self.lr is None or discrete or b == 0:
                 self.log.info(mxlog.lr_change_line(self.step, lr))
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             self.lr = lr
 
     def _post_flags(self, loss: torch.Tensor, epoch: int, b: int) -> bool:
@@ -266,6 +276,8 @@ class Trainer:
     def _train_one_epoch(self, epoch: int, start: int, bar) -> dict:
         self.train_loader.set_epoch(epoch, start)
         self.net.train()
+        if self.transfer.start_epoch(self.model, epoch, self.log):  # frozen BatchNorm back to eval
+            self._wrap()
         nb, t0 = len(self.train_loader), time.perf_counter()
         meter, window = Meter(self.env.device), Meter(self.env.device)
         if start and self.carry is not None:

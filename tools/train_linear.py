@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Fit a linear classifier (logistic regression) on extracted features and score it.
+
+    tools/extract_features.py --prefix P --split train --out feats/train
+    tools/extract_features.py --prefix P --split val --out feats/val
+    tools/train_linear.py feats/train --val feats/val --json
+
+C is chosen from a small grid on a held-out part of the training features; prints rank-1/rank-5
+and per-class and macro precision/recall/F1 on the validation features. --json: the last line is
+{"rank1": ..., "rank5": ..., ...} as tools/evaluate.py's.
+"""
+import click
+
+from toolkit.transfer.linear import GRID, fit_and_score, report
+
+
+def _grid(ctx, param, value):
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        raise click.BadParameter(f"{value!r}: positive numbers separated by commas, e.g. 0.1,1,10")
+    return values
+
+
+@click.command(context_settings={"max_content_width": 100})
+@click.argument("train")
+@click.option("--val", required=True, help="Validation features (the --out stem of tools/extract_features.py).")
+@click.option("--c-grid", callback=_grid, default=",".join(f"{c:g}" for c in GRID), show_default=True,
+              help="Inverse regularisation strengths to try.")
+@click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+              help="Part of the training features held out to choose C.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
+def main(train, val, c_grid, holdout, seed, as_json):
+    print(report(fit_and_score(train, val, c_grid, holdout, seed), as_json))
+
+
+if __name__ == "__main__":
+    main()
