@@ -38,7 +38,7 @@ def _val(text, name="accuracy"):
 def test_mxnet191_logs_of_both_apis(mxnet191, tmp_path):
     logs = tmp_path / "logs"
     shutil.copytree(mxnet191 / "logs", logs)
-    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck").mkdir(exist_ok=True)  # the pre-flight check may have made it
     for name in ["module-symbol.json"] + [f"module-{e:04d}.params" for e in range(1, 5)]:
         (tmp_path / "ck" / name).write_bytes(b"")  # MXNet's checkpoint names (the files are not read)
     _age(*logs.iterdir())
@@ -212,7 +212,7 @@ def test_run_records_how_it_ended_and_leaves_another_runs_file(tmp_path, monkeyp
     assert status["status"] == "failed" and status["code"] == 2 and status["pid"] == os.getpid()
     row = journal.journal(str(tmp_path / "logs"), str(tmp_path / "ck")).iloc[0]
     assert row["status"] == "failed" and str(tmp_path / "no_data") in row["detail"]
-    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck").mkdir(exist_ok=True)  # the pre-flight check may have made it
     (tmp_path / "ck" / "r-0001.pt").write_bytes(b"")
     (tmp_path / "logs" / "r.status.json").write_text('{"status": "finished"}')
     assert run(cfg) == 2  # refuses: checkpoints of a run named r exist
