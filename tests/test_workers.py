@@ -143,6 +143,40 @@ def test_a_worker_killed_with_sigkill_ends_the_epoch_with_one_line(data_dir):
     assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
 
 
+def test_a_worker_killed_between_epochs_is_found_within_seconds_not_at_the_timeout(data_dir):
+    """A fork server's worker is not this process's child (no SIGCHLD for DataLoader): its death
+    must still be found within a few seconds, not when the whole --timeout has run out."""
+    loader = _loader(data_dir, timeout=120)
+    loader.set_epoch(0)
+    for _ in loader:
+        pass
+    victim = loader.loader._iterator._workers[0].pid
+    os.kill(victim, signal.SIGKILL)
+    loader.set_epoch(1)
+    t0 = time.monotonic()
+    with pytest.raises(Stalled) as err:
+        for _ in loader:
+            pass
+    assert time.monotonic() - t0 < 30
+    message = err.value.message
+    assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
+
+
+def test_the_bounded_wait_gives_up_after_the_whole_timeout_not_one_slice():
+    from toolkit.data import workers
+
+    class Slow:
+        calls = 0
+
+        def __next__(self):
+            self.calls += 1
+            raise RuntimeError(f"DataLoader timed out after {workers.wait_slice(12.0)} seconds")
+    it = Slow()
+    with pytest.raises(RuntimeError, match="timed out after 15 seconds"):
+        workers.next_batch(it, 12.0)
+    assert it.calls == 3  # 5 + 5 + 5 s: every slice, then one line with the whole wait
+
+
 def _children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -26,7 +26,35 @@ def worker_init(_worker_id):
     cv2.setNumThreads(1)
 
 
-_TIMEOUT = re.compile(r"DataLoader timed out after (\d+) seconds")
+# DataLoader notices a dead worker through SIGCHLD, which only a worker's parent gets: a fork
+# server's worker is not the training process's child, so a worker killed while the loader waits
+# for its batch would be found only when the whole --timeout ran out. The wait is therefore made of
+# slices of at most this many seconds, after each of which DataLoader checks its workers are alive.
+SLICE = 5.0
+
+
+def wait_slice(timeout: float) -> float:
+    """DataLoader's `timeout`: one slice of the bounded wait for a batch (see next_batch)."""
+    return min(SLICE, timeout)
+
+
+def next_batch(it, timeout: float):
+    """next(it) of a DataLoader iterator made with timeout=wait_slice(timeout): waits at most
+    `timeout` s in all (rounded up to whole slices), a dead worker found within a slice (DataLoader's
+    own liveness check)."""
+    waited, step = 0.0, wait_slice(timeout)
+    while True:
+        try:
+            return next(it)
+        except RuntimeError as exc:
+            if not _TIMEOUT.search(str(exc)):
+                raise
+            waited += step
+            if waited >= timeout:
+                raise RuntimeError(f"DataLoader timed out after {waited:g} seconds") from None
+
+
+_TIMEOUT = re.compile(r"DataLoader timed out after ([\d.]+) seconds")
 _DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\)? (?:is killed by signal: (.+?)\.|exited unexpectedly)")
 
 
