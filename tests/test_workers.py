@@ -177,6 +177,33 @@ def test_the_bounded_wait_gives_up_after_the_whole_timeout_not_one_slice():
     assert it.calls == 3  # 5 + 5 + 5 s: every slice, then one line with the whole wait
 
 
+NO_GUARD = """
+import sys
+from toolkit.data import build_loader
+from toolkit.errors import UserError
+loader = build_loader(sys.argv[1], split="train", batch_size=8, image_size=32, workers=2, backend="torch")
+loader.set_epoch(0)
+try:
+    next(iter(loader))
+except UserError as exc:
+    print("USER ERROR:", exc.message)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_the_main_guard_gets_one_line_naming_the_guard(data_dir, tmp_path):
+    """Workers import the user's script again: one that builds a loader at its top level is told
+    to add the guard (not a page of multiprocessing text per worker, nor 'the OOM killer')."""
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_GUARD)
+    proc = subprocess.run([sys.executable, str(script), data_dir], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"USER ERROR: {script} builds a loader when imported" in proc.stdout
+    assert 'if __name__ == "__main__":' in proc.stdout and "Traceback" not in proc.stderr
+
+
 def _children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

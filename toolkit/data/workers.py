@@ -10,11 +10,12 @@ import multiprocessing
 import multiprocessing.connection
 import re
 import signal
+import sys
 
 import torch
 
-from toolkit.errors import Stalled
-from toolkit.forkserver import context  # noqa: F401 (the workers' start method)
+from toolkit.errors import Stalled, UserError
+from toolkit.forkserver import NO_MAIN_GUARD, context  # noqa: F401 (context: the workers' start method)
 
 
 def worker_init(_worker_id):
@@ -77,6 +78,13 @@ def stalled(exc: Exception, loader, what: str):
         dead = f"pid {m.group(1).strip()}" + (f", killed by signal {m.group(2)}" if m.group(2) else "")
     if not dead:
         return None
+    if f"exit status {NO_MAIN_GUARD}" in dead:
+        script = getattr(sys.modules.get("__main__"), "__file__", None) or "the script"
+        return UserError(f"{script} builds a loader when imported, and loader workers (started from a fork "
+                         "server) import it again: put that code under `if __name__ == \"__main__\":`")
+    if "exit status" in dead:  # a Python error in the worker, printed above by the worker itself
+        return Stalled(f"loader worker ({dead}) ended while reading {what}{after}see its error above, "
+                       "then continue with tools/resume.py")
     return Stalled(f"loader worker ({dead}) died while reading {what}{after}check the machine's memory "
                    "(dmesg: the OOM killer) or lower --workers, then continue with tools/resume.py")
 
