@@ -53,7 +53,15 @@ else
     STAMP="locked $(cat setup.py "$LOCK" | sha1sum | cut -d' ' -f1)"
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$STAMP" ] || ! "$VENV/bin/python" -c "import toolkit" 2>/dev/null; then
+# installed packages that are not exactly in the lock (a package installed by hand since, another
+# version of one): a stamped .venv that drifted is set up again, so "exactly the lock" stays true
+drift() {
+    [ "$MODE" = locked ] && [ -x "$VENV/bin/pip" ] || return 0
+    "$VENV/bin/pip" freeze --exclude-editable 2>/dev/null | grep -v -E '^(-e |#)' \
+        | grep -v -i -x -F -f <(grep '==' "$LOCK") || true
+}
+if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$STAMP" ] || ! "$VENV/bin/python" -c "import toolkit" 2>/dev/null \
+        || [ -n "$(drift)" ]; then
     start=$SECONDS
     if [ "$MODE" = latest ]; then
         echo "setting up $VENV with the newest versions setup.py allows (a few minutes)"
