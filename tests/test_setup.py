@@ -134,3 +134,26 @@ def test_setup_env_latest_ignores_the_lock_and_refresh_writes_it(tmp_path):
 def test_setup_env_refuses_an_unknown_option():
     proc = subprocess.run(["bash", "tools/setup_env.sh", "--newest"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--newest" in proc.stderr
+
+
+def test_test_sh_tests_the_folder_it_set_up(tmp_path):
+    """VENV=DIR bash tools/test.sh sets up DIR and runs the suite with DIR's python (it ran .venv's)."""
+    import hashlib
+    import shutil
+    repo = tmp_path / "clone"
+    (repo / "tools").mkdir(parents=True)
+    for name in ("tools/test.sh", "tools/setup_env.sh", "setup.py", "requirements-lock.txt",
+                 "requirements-oracle.txt"):
+        shutil.copy(REPO / name, repo / name)
+    mx = repo / ".mxnet-venv" / "bin"
+    mx.mkdir(parents=True)
+    (mx / "python").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (mx / "python").chmod(0o755)
+    (repo / ".mxnet-venv" / ".installed").write_text(
+        hashlib.sha1((repo / "requirements-oracle.txt").read_bytes()).hexdigest() + "\n")
+    venv = _fake_venv(tmp_path)
+    log = tmp_path / "calls.log"
+    proc = subprocess.run(["bash", "tools/test.sh", "-q"], cwd=repo, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, LOG=str(log), VENV=str(venv)))
+    assert proc.returncode == 0, proc.stderr
+    assert ["python", "-m", "pytest", "-q"] in [line.split() for line in log.read_text().splitlines()]

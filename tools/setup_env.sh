@@ -8,7 +8,7 @@
 #                                   requirements-oracle.txt. Both README commands and CI use this.
 #   tools/setup_env.sh --latest     .venv-latest with the newest versions setup.py's ranges allow, to
 #                                   try what the index serves today:
-#                                     VENV=.venv-latest bash tools/test.sh
+#                                     bash tools/test.sh --latest
 #   tools/setup_env.sh --refresh-lock   once the suite passes on .venv-latest: write its versions
 #                                   into requirements-lock.txt (then commit it).
 # VENV (default .venv) and PYTHON (default python3.11 where there is one, the lock's Python) choose
