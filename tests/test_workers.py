@@ -162,6 +162,22 @@ def test_a_worker_killed_between_epochs_is_found_within_seconds_not_at_the_timeo
     assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
 
 
+def test_a_sigterm_to_the_process_group_leaves_the_workers_to_finish_the_step(data_dir):
+    """SLURM's preemption signals every process: the workers must outlive the first SIGTERM (the
+    training process then writes its checkpoint), and a second one (terminate()) still ends them."""
+    import multiprocessing.connection
+    loader = _loader(data_dir, timeout=60)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    workers = loader.loader._iterator._workers
+    for w in workers:
+        os.kill(w.pid, signal.SIGTERM)
+    assert len(list(it)) == len(loader) - 1  # the epoch goes on, every batch
+    os.kill(workers[0].pid, signal.SIGTERM)
+    assert multiprocessing.connection.wait([workers[0].sentinel], timeout=20)
+
+
 def test_the_bounded_wait_gives_up_after_the_whole_timeout_not_one_slice():
     from toolkit.data import workers
 

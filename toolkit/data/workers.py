@@ -19,10 +19,11 @@ from toolkit.forkserver import NO_MAIN_GUARD, context  # noqa: F401 (context: th
 
 
 def worker_init(_worker_id):
-    """Each worker: one thread for torch and OpenCV (the workers already use every core); Ctrl-C is
-    the training process's to handle (the workers share the terminal's process group)."""
+    """Each worker: one thread for torch and OpenCV (the workers already use every core); Ctrl-C and
+    a SIGTERM sent to the whole process group are the training process's to handle."""
     import cv2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _first_sigterm)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
@@ -53,6 +54,14 @@ def next_batch(it, timeout: float):
             waited += step
             if waited >= timeout:
                 raise RuntimeError(f"DataLoader timed out after {waited:g} seconds") from None
+
+
+def _first_sigterm(_signum, _frame):
+    """A SIGTERM to the whole process group (SLURM's preemption, `kill -TERM -- -PGID`) reaches the
+    workers too: the training process stops at the end of the step and writes a checkpoint, which
+    needs its workers alive until then (they end with the loader). A second SIGTERM (terminate() of
+    a worker that did not end when asked: DataLoader's, then multiprocessing's at exit) ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 _TIMEOUT = re.compile(r"DataLoader timed out after ([\d.]+) seconds")
