@@ -39,6 +39,9 @@ def opencv(payload):
 ODD = {
     "16-bit png": lambda: cv2.imencode(".png", RGB[:, :, ::-1].astype(np.uint16) * 257 + 100)[1].tobytes(),
     "gif": lambda: pil_bytes(Image.fromarray(RGB), "GIF"),
+    # OpenCV (MXNet's ImageRecordIter) takes the first frame; torchvision gives every frame
+    "animated gif": lambda: pil_bytes(Image.fromarray(RGB), "GIF", save_all=True,
+                                      append_images=[Image.fromarray(255 - RGB)]),
     "bmp": lambda: pil_bytes(Image.fromarray(RGB), "BMP"),
     "grey png": lambda: pil_bytes(Image.fromarray(RGB).convert("L"), "PNG"),
     "palette png": lambda: pil_bytes(Image.fromarray(RGB).convert("P"), "PNG"),

@@ -289,3 +289,18 @@ def test_packing_where_every_image_fails_exits_2_and_leaves_no_records(tmp_path)
     assert errors == [f"Error: {tmp_path}/bad.lst: none of its 6 images could be read (warnings above); "
                       f"is {root} the folder the list was made from?"]
     assert not list(tmp_path.glob("bad*.rec")) and not list(tmp_path.glob("bad*.idx"))
+
+
+def test_a_packer_that_is_killed_ends_packing_with_one_line(monkeypatch):
+    """A packer killed (the OOM killer) was BrokenProcessPool's traceback; now one line (Stalled)."""
+    import signal
+    from toolkit import im2rec as packing
+    from toolkit.errors import Stalled
+
+    def encode(job):
+        if job == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return job
+    monkeypatch.setattr(packing, "encode_item", encode)  # the packers are forked: they see it
+    with pytest.raises(Stalled, match="a packer process died .* lower --num-thread"):
+        list(packing._encoded(iter(range(40)), 2))

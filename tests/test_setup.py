@@ -72,7 +72,10 @@ def test_this_environment_is_what_setup_env_installed():
 
 FAKE_PIP = """#!/usr/bin/env bash
 echo "pip $*" >> "$LOG"
-[ "$1" = freeze ] && printf 'numpy==9.9\\nsome-extra==1.0\\n'
+if [ "$1" = freeze ]; then   # set up: exactly the lock (plus EXTRA, installed by hand since)
+    if grep -q '^locked' "$(dirname "$0")/../.installed" 2>/dev/null; then grep '==' requirements-lock.txt; else printf 'numpy==9.9\\nsome-extra==1.0\\n'; fi
+    [ -n "${EXTRA:-}" ] && echo "$EXTRA"
+fi
 exit 0
 """
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -111,7 +114,10 @@ def test_setup_env_installs_through_the_lock_and_removes_what_it_does_not_name(t
     assert ["pip", "uninstall", "-q", "-y", "some-extra"] in calls   # numpy is locked, some-extra not
     assert (venv / ".installed").read_text().startswith("locked ")
     again = _setup_env(tmp_path, VENV=str(venv))[len(calls):]
-    assert again and not [c for c in again if c[0] == "pip"]  # stamped and importable: nothing installed
+    assert again and not [c for c in again if c[0] == "pip" and c[1] != "freeze"]  # stamped, exact: nothing
+    # a package installed by hand into a stamped .venv: the next set-up removes it
+    later = _setup_env(tmp_path, VENV=str(venv), EXTRA="by-hand==2.0")[len(calls) + len(again):]
+    assert ["pip", "uninstall", "-q", "-y", "by-hand"] in later
 
 
 def test_setup_env_latest_ignores_the_lock_and_refresh_writes_it(tmp_path):
@@ -128,3 +134,26 @@ def test_setup_env_latest_ignores_the_lock_and_refresh_writes_it(tmp_path):
 def test_setup_env_refuses_an_unknown_option():
     proc = subprocess.run(["bash", "tools/setup_env.sh", "--newest"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--newest" in proc.stderr
+
+
+def test_test_sh_tests_the_folder_it_set_up(tmp_path):
+    """VENV=DIR bash tools/test.sh sets up DIR and runs the suite with DIR's python (it ran .venv's)."""
+    import hashlib
+    import shutil
+    repo = tmp_path / "clone"
+    (repo / "tools").mkdir(parents=True)
+    for name in ("tools/test.sh", "tools/setup_env.sh", "setup.py", "requirements-lock.txt",
+                 "requirements-oracle.txt"):
+        shutil.copy(REPO / name, repo / name)
+    mx = repo / ".mxnet-venv" / "bin"
+    mx.mkdir(parents=True)
+    (mx / "python").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (mx / "python").chmod(0o755)
+    (repo / ".mxnet-venv" / ".installed").write_text(
+        hashlib.sha1((repo / "requirements-oracle.txt").read_bytes()).hexdigest() + "\n")
+    venv = _fake_venv(tmp_path)
+    log = tmp_path / "calls.log"
+    proc = subprocess.run(["bash", "tools/test.sh", "-q"], cwd=repo, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, LOG=str(log), VENV=str(venv)))
+    assert proc.returncode == 0, proc.stderr
+    assert ["python", "-m", "pytest", "-q"] in [line.split() for line in log.read_text().splitlines()]

@@ -143,6 +143,83 @@ def test_a_worker_killed_with_sigkill_ends_the_epoch_with_one_line(data_dir):
     assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
 
 
+def test_a_worker_killed_between_epochs_is_found_within_seconds_not_at_the_timeout(data_dir):
+    """A fork server's worker is not this process's child (no SIGCHLD for DataLoader): its death
+    must still be found within a few seconds, not when the whole --timeout has run out."""
+    loader = _loader(data_dir, timeout=120)
+    loader.set_epoch(0)
+    for _ in loader:
+        pass
+    victim = loader.loader._iterator._workers[0].pid
+    os.kill(victim, signal.SIGKILL)
+    loader.set_epoch(1)
+    t0 = time.monotonic()
+    with pytest.raises(Stalled) as err:
+        for _ in loader:
+            pass
+    assert time.monotonic() - t0 < 30
+    message = err.value.message
+    assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
+
+
+def test_a_sigterm_to_the_process_group_leaves_the_workers_to_finish_the_step(data_dir):
+    """SLURM's preemption signals every process: the workers must outlive the first SIGTERM (the
+    training process then writes its checkpoint), and a second one (terminate()) still ends them."""
+    import multiprocessing.connection
+    loader = _loader(data_dir, timeout=60)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    workers = loader.loader._iterator._workers
+    for w in workers:
+        os.kill(w.pid, signal.SIGTERM)
+    assert len(list(it)) == len(loader) - 1  # the epoch goes on, every batch
+    os.kill(workers[0].pid, signal.SIGTERM)
+    assert multiprocessing.connection.wait([workers[0].sentinel], timeout=20)
+
+
+def test_the_bounded_wait_gives_up_after_the_whole_timeout_not_one_slice():
+    from toolkit.data import workers
+
+    class Slow:
+        calls = 0
+
+        def __next__(self):
+            self.calls += 1
+            raise RuntimeError(f"DataLoader timed out after {workers.wait_slice(12.0)} seconds")
+    it = Slow()
+    with pytest.raises(RuntimeError, match="timed out after 15 seconds"):
+        workers.next_batch(it, 12.0)
+    assert it.calls == 3  # 5 + 5 + 5 s: every slice, then one line with the whole wait
+
+
+NO_GUARD = """
+import sys
+from toolkit.data import build_loader
+from toolkit.errors import UserError
+loader = build_loader(sys.argv[1], split="train", batch_size=8, image_size=32, workers=2, backend="torch")
+loader.set_epoch(0)
+try:
+    next(iter(loader))
+except UserError as exc:
+    print("USER ERROR:", exc.message)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_the_main_guard_gets_one_line_naming_the_guard(data_dir, tmp_path):
+    """Workers import the user's script again: one that builds a loader at its top level is told
+    to add the guard (not a page of multiprocessing text per worker, nor 'the OOM killer')."""
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_GUARD)
+    proc = subprocess.run([sys.executable, str(script), data_dir], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"USER ERROR: {script} builds a loader when imported" in proc.stdout
+    assert 'if __name__ == "__main__":' in proc.stdout and "Traceback" not in proc.stderr
+
+
 def _children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -11,17 +11,23 @@ each worker is then a fork of it) and nothing per batch or image.
 import atexit
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import signal
+import sys
 import threading
 
 # imported once in the fork server, so that workers start warm
 PRELOAD = ["toolkit.data.torch_backend"]
 _CONTEXT = None
+# a worker's exit status when it found itself asked for workers while importing the user's script
+NO_MAIN_GUARD = 86
 
 
 def context():
     """The multiprocessing context for worker processes (a fork server; spawn where there is none)."""
     global _CONTEXT
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        _refuse_in_worker()
     if _CONTEXT is None:
         if "forkserver" in multiprocessing.get_all_start_methods():
             _CONTEXT = multiprocessing.get_context("forkserver")
@@ -47,8 +53,19 @@ def _start_ignoring_ctrl_c():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    # workers ignore SIGTERM too (toolkit/data/workers.py), so multiprocessing's own exit hook
+    # workers ignore a first SIGTERM (toolkit/data/workers.py), so multiprocessing's own exit hook
     # (SIGTERM, then join without a bound) would wait for live persistent workers: end them first
     # (atexit runs this before multiprocessing's hook, registered earlier)
     from toolkit.data.workers import end_workers
     atexit.register(end_workers)
+
+
+def _refuse_in_worker():
+    """A worker (or packer) imports the script that started it again, as __mp_main__; a script that
+    builds a loader at its top level asks for workers again here. Python's own error is a page of
+    text from each worker: one line instead, and an exit status the parent names (workers.stalled)."""
+    script = getattr(sys.modules.get("__mp_main__"), "__file__", None) or "the script"
+    sys.stderr.write(f"Error: {script} builds a loader when imported, and loader workers import it again: "
+                     "put that code under `if __name__ == \"__main__\":`\n")
+    sys.stderr.flush()
+    os._exit(NO_MAIN_GUARD)

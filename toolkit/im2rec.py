@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import List, Optional, Tuple
 
 import cv2
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from toolkit import imageops, recordio
 from toolkit.atomic import atomic_open
-from toolkit.errors import UserError
+from toolkit.errors import Stalled, UserError
 from toolkit.lists import ListItem, read_list
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +165,9 @@ def _encoded(jobs, processes: int, chunk: int = 8):
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+    except BrokenProcessPool:  # a packer killed (the OOM killer, a kill -9): one line, not a traceback
+        raise Stalled("a packer process died (killed: the machine's memory? dmesg names the OOM killer); the "
+                      "record files being written were removed: run again, with a lower --num-thread") from None
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
 

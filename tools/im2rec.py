@@ -13,7 +13,7 @@ import os
 import sys
 
 from toolkit import im2rec, lists, verify
-from toolkit.errors import UserError
+from toolkit.errors import Stalled, UserError
 
 
 def parse_args(argv=None):
@@ -111,9 +111,9 @@ def main(argv=None):
         if not a.root:
             raise UserError("ROOT (the image folder) is required for --list and for packing")
         return run_list(a) if a.list else run_pack(a)
-    except UserError as e:
+    except (UserError, Stalled) as e:
         print(f"Error: {e.message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("\ninterrupted: files already complete are kept; the one being written was removed",
               file=sys.stderr)

@@ -8,7 +8,7 @@
 #                                   requirements-oracle.txt. Both README commands and CI use this.
 #   tools/setup_env.sh --latest     .venv-latest with the newest versions setup.py's ranges allow, to
 #                                   try what the index serves today:
-#                                     VENV=.venv-latest bash tools/test.sh
+#                                     bash tools/test.sh --latest
 #   tools/setup_env.sh --refresh-lock   once the suite passes on .venv-latest: write its versions
 #                                   into requirements-lock.txt (then commit it).
 # VENV (default .venv) and PYTHON (default python3.11 where there is one, the lock's Python) choose
@@ -53,7 +53,15 @@ else
     STAMP="locked $(cat setup.py "$LOCK" | sha1sum | cut -d' ' -f1)"
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$STAMP" ] || ! "$VENV/bin/python" -c "import toolkit" 2>/dev/null; then
+# installed packages that are not exactly in the lock (a package installed by hand since, another
+# version of one): a stamped .venv that drifted is set up again, so "exactly the lock" stays true
+drift() {
+    [ "$MODE" = locked ] && [ -x "$VENV/bin/pip" ] || return 0
+    "$VENV/bin/pip" freeze --exclude-editable 2>/dev/null | grep -v -E '^(-e |#)' \
+        | grep -v -i -x -F -f <(grep '==' "$LOCK") || true
+}
+if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$STAMP" ] || ! "$VENV/bin/python" -c "import toolkit" 2>/dev/null \
+        || [ -n "$(drift)" ]; then
     start=$SECONDS
     if [ "$MODE" = latest ]; then
         echo "setting up $VENV with the newest versions setup.py allows (a few minutes)"

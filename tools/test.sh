@@ -4,12 +4,13 @@
 #   bash tools/test.sh --latest [PYTEST ARGS]   on .venv-latest, the newest versions setup.py allows
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# VENV (as tools/setup_env.sh reads it): the folder set up and then tested, the same one
 if [ "${1:-}" = "--latest" ]; then
     shift
+    export VENV=${VENV:-.venv-latest}
     bash tools/setup_env.sh --latest --oracle
-    VENV=.venv-latest
 else
+    export VENV=${VENV:-.venv}
     bash tools/setup_env.sh --oracle
-    VENV=.venv
 fi
 exec "$VENV/bin/python" -m pytest "$@"

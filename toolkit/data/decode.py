@@ -25,7 +25,7 @@ def decode(payload: bytes) -> torch.Tensor:
         img = tvio.decode_image(torch.frombuffer(bytearray(payload), dtype=torch.uint8),
                                 mode=tvio.ImageReadMode.RGB, apply_exif_orientation=True)
         if img.dtype == torch.uint8:
-            return img
+            return img[0] if img.ndim == 4 else img  # an animated GIF: its first frame, as OpenCV's
     except RuntimeError:  # a format torchvision does not read (BMP, TIFF, ...)
         pass
     return decode_opencv(payload)

@@ -258,7 +258,8 @@ class TorchLoader:
                                  pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                                  prefetch_factor=prefetch, worker_init_fn=worker_procs.worker_init,
                                  multiprocessing_context=worker_procs.context() if workers else None,
-                                 timeout=timeout if workers else 0)
+                                 timeout=worker_procs.wait_slice(timeout) if workers else 0)
+        self.timeout = timeout
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.outputs = OutputPool()
@@ -292,7 +293,12 @@ class TorchLoader:
             raise stalled from None
 
     def _batches(self, one_thread: bool):
-        for images, labels in self.loader:
+        it = iter(self.loader)
+        while True:
+            try:
+                images, labels = worker_procs.next_batch(it, self.timeout)
+            except StopIteration:
+                return
             slot = None
             if isinstance(images, int):
                 slot, images = images, self.ring.images[images, :len(labels)]

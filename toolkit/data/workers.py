@@ -10,26 +10,64 @@ import multiprocessing
 import multiprocessing.connection
 import re
 import signal
+import sys
 
 import torch
 
-from toolkit.errors import Stalled
-from toolkit.forkserver import context  # noqa: F401 (the workers' start method)
+from toolkit.errors import Stalled, UserError
+from toolkit.forkserver import NO_MAIN_GUARD, context  # noqa: F401 (context: the workers' start method)
 
 
 def worker_init(_worker_id):
     """Each worker: one thread for torch and OpenCV (the workers already use every core); Ctrl-C and
     SIGTERM are the training process's to handle (the workers share its process group, which
     torchrun and SLURM signal whole): it stops cleanly, or on a second signal kills its workers
-    (toolkit/engine/signals.py). A worker ended by SIGTERM would fail the stop's last steps."""
+    (toolkit/engine/signals.py). A worker ended by the group's SIGTERM would fail the stop's last
+    steps, so the first SIGTERM is ignored and a second one (DataLoader's terminate()) ends it."""
     import cv2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _first_sigterm)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
 
-_TIMEOUT = re.compile(r"DataLoader timed out after (\d+) seconds")
+# DataLoader notices a dead worker through SIGCHLD, which only a worker's parent gets: a fork
+# server's worker is not the training process's child, so a worker killed while the loader waits
+# for its batch would be found only when the whole --timeout ran out. The wait is therefore made of
+# slices of at most this many seconds, after each of which DataLoader checks its workers are alive.
+SLICE = 5.0
+
+
+def wait_slice(timeout: float) -> float:
+    """DataLoader's `timeout`: one slice of the bounded wait for a batch (see next_batch)."""
+    return min(SLICE, timeout)
+
+
+def next_batch(it, timeout: float):
+    """next(it) of a DataLoader iterator made with timeout=wait_slice(timeout): waits at most
+    `timeout` s in all (rounded up to whole slices), a dead worker found within a slice (DataLoader's
+    own liveness check)."""
+    waited, step = 0.0, wait_slice(timeout)
+    while True:
+        try:
+            return next(it)
+        except RuntimeError as exc:
+            if not _TIMEOUT.search(str(exc)):
+                raise
+            waited += step
+            if waited >= timeout:
+                raise RuntimeError(f"DataLoader timed out after {waited:g} seconds") from None
+
+
+def _first_sigterm(_signum, _frame):
+    """A SIGTERM to the whole process group (SLURM's preemption, `kill -TERM -- -PGID`) reaches the
+    workers too: the training process stops at the end of the step and writes a checkpoint, which
+    needs its workers alive until then (they end with the loader). A second SIGTERM (terminate() of
+    a worker that did not end when asked: DataLoader's, then multiprocessing's at exit) ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_TIMEOUT = re.compile(r"DataLoader timed out after ([\d.]+) seconds")
 _DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\)? (?:is killed by signal: (.+?)\.|exited unexpectedly)")
 
 
@@ -52,6 +90,13 @@ def stalled(exc: Exception, loader, what: str):
         dead = f"pid {m.group(1).strip()}" + (f", killed by signal {m.group(2)}" if m.group(2) else "")
     if not dead:
         return None
+    if f"exit status {NO_MAIN_GUARD}" in dead:
+        script = getattr(sys.modules.get("__main__"), "__file__", None) or "the script"
+        return UserError(f"{script} builds a loader when imported, and loader workers (started from a fork "
+                         "server) import it again: put that code under `if __name__ == \"__main__\":`")
+    if "exit status" in dead:  # a Python error in the worker, printed above by the worker itself
+        return Stalled(f"loader worker ({dead}) ended while reading {what}{after}see its error above, "
+                       "then continue with tools/resume.py")
     return Stalled(f"loader worker ({dead}) died while reading {what}{after}check the machine's memory "
                    "(dmesg: the OOM killer) or lower --workers, then continue with tools/resume.py")
 

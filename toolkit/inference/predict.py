@@ -146,12 +146,13 @@ def predict_probs(members, sources: Sources, env, batch_size=64, workers=2, ten_
     transforms, which = transforms_for(members, ten_crop)
     # workers as the evaluation loader's: from the fork server, set up alike, every wait bounded
     loader = DataLoader(PredictDataset(sources, range(lo, hi), transforms), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate, timeout=timeout if workers else 0,
+                        num_workers=workers, collate_fn=_collate,
+                        timeout=worker_procs.wait_slice(timeout) if workers else 0,
                         multiprocessing_context=worker_procs.context() if workers else None,
                         worker_init_fn=worker_procs.worker_init, prefetch_factor=4 if workers else None)
     done, probs, failed = [], [], []
     with tqdm(total=n, desc="predict", unit="img", disable=not progress) as bar:
-        for indices, images, errors in _bounded(loader):
+        for indices, images, errors in _bounded(loader, timeout):
             failed += errors
             if indices:
                 p = sum(member_probs(m, images[t], env, amp, channels_last) for m, t in zip(members, which))
@@ -162,10 +163,16 @@ def predict_probs(members, sources: Sources, env, batch_size=64, workers=2, ten_
     return done, torch.cat(probs) if probs else torch.zeros(0, num_classes), failed
 
 
-def _bounded(loader):
+def _bounded(loader, timeout: float):
     """The loader's batches; a worker that died or gave no batch in time is one line (Stalled)."""
     try:
-        yield from loader
+        it = iter(loader)
+        while True:
+            try:
+                batch = worker_procs.next_batch(it, timeout)
+            except StopIteration:
+                return
+            yield batch
     except (RuntimeError, ConnectionError, EOFError) as exc:
         stalled = worker_procs.stalled(exc, loader, "the images")
         if stalled is None:
