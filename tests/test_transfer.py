@@ -236,3 +236,17 @@ def test_toy_variants(tmp_path):
     toy.make_toy_images(str(tmp_path / "b"), 2, 4, 0, variant="symbols")
     assert sorted(os.listdir(tmp_path / "b")) == sorted(toy.SYMBOLS[:4])
     assert not set(toy.SYMBOLS) & set(toy.CLASSES)
+
+
+def test_checkpoint_meta_carries_the_runs_mean_std_not_the_datasets(tmp_path):
+    """A fine-tuned run normalises with the source's mean/std (or --mean/--std): its checkpoints'
+    meta, which predict and export read, must say so (it said the dataset's)."""
+    from toolkit.engine.config import make_config
+    from toolkit.inference.meta import describe
+    from toolkit.toy import ensure_toy_dataset
+    data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
+    cfg = make_config("resnet20", data=data, image_size=32, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
+    meta = describe(cfg)
+    assert (meta["mean"], meta["std"]) == ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    info_mean = describe(make_config("resnet20", data=data, image_size=32))["mean"]
+    assert info_mean != [1.0, 2.0, 3.0] and len(info_mean) == 3
