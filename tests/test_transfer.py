@@ -236,3 +236,48 @@ def test_toy_variants(tmp_path):
     toy.make_toy_images(str(tmp_path / "b"), 2, 4, 0, variant="symbols")
     assert sorted(os.listdir(tmp_path / "b")) == sorted(toy.SYMBOLS[:4])
     assert not set(toy.SYMBOLS) & set(toy.CLASSES)
+
+
+def test_checkpoint_meta_carries_the_runs_mean_std_not_the_datasets(tmp_path):
+    """A fine-tuned run normalises with the source's mean/std (or --mean/--std): its checkpoints'
+    meta, which predict and export read, must say so (it said the dataset's)."""
+    from toolkit.engine.config import make_config
+    from toolkit.inference.meta import describe
+    from toolkit.toy import ensure_toy_dataset
+    data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
+    cfg = make_config("resnet20", data=data, image_size=32, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
+    meta = describe(cfg)
+    assert (meta["mean"], meta["std"]) == ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    info_mean = describe(make_config("resnet20", data=data, image_size=32))["mean"]
+    assert info_mean != [1.0, 2.0, 3.0] and len(info_mean) == 3
+
+
+class _Loader:
+    """An evaluation loader's surface: num_samples, set_epoch, batches; `rows` of them decode."""
+    def __init__(self, num_samples, rows):
+        self.num_samples, self.rows = num_samples, rows
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __iter__(self):
+        if self.rows:
+            yield torch.zeros(self.rows, 3, 32, 32), torch.zeros(self.rows, dtype=torch.int64)
+
+    def undecodable_records(self):
+        return ["x.rec record 2"]
+
+
+def test_a_rank_with_no_records_writes_an_empty_part_and_undecodable_records_are_refused(tmp_path):
+    """A split smaller than the world leaves a rank with nothing: an empty part of the right width
+    (it crashed on `None.flush()`); a record evaluation leaves out would shift every later feature
+    against the image ids: one line instead of misaligned files."""
+    from toolkit.transfer.features import LayerOutput, write_rank_part
+    model = build_model("resnet20", num_classes=10).eval()
+    fn = LayerOutput(model, "fc", before=True)
+    path = str(tmp_path / "p.npy")
+    width = write_rank_part(fn, _Loader(0, 0), path, 32)
+    assert np.load(path).shape == (0, width) and width > 0
+    assert np.load(str(tmp_path / "p.labels.npy")).shape == (0,)
+    with pytest.raises(UserError, match=r"1 records of the split do not decode \(e.g. x.rec record 2\)"):
+        write_rank_part(fn, _Loader(3, 2), str(tmp_path / "q.npy"), 32)

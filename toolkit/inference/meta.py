@@ -30,7 +30,8 @@ def describe(cfg, info=None) -> dict:
     names = list(info.class_names) if info.class_names and len(info.class_names) == num_classes \
         else [str(i) for i in range(num_classes or 0)]
     return {"version": META_VERSION, "recipe": cfg.recipe, "num_classes": num_classes,
-            "class_names": names, "mean": [float(v) for v in info.mean], "std": [float(v) for v in info.std],
+            "class_names": names, "mean": [float(v) for v in cfg.mean or info.mean],  # --mean/--std or the
+            "std": [float(v) for v in cfg.std or info.std],  # source's (--init-from) win over the dataset's
             "image_size": int(cfg.image_size),
             "eval_resize": int(eval_resize_for(cfg.image_size, cfg.eval_resize)),
             "model_kwargs": cfg.model_kwargs(), "preprocessing": PREPROCESSING}

@@ -89,9 +89,10 @@ def _part(out: str, rank: int, world: int) -> str:
     return f"{out}.part{rank:05d}-of-{world:05d}.npy"
 
 
-def write_rank_part(fn: LayerOutput, loader, path: str) -> int:
-    """This rank's rows, written as they come; returns the feature width."""
-    rows, array, labels = loader.num_samples, None, []
+def write_rank_part(fn: LayerOutput, loader, path: str, image_size: int) -> int:
+    """This rank's rows, written as they come; returns the feature width. A rank with no records (a
+    split smaller than the world) writes an empty part of the width a probe image gives."""
+    rows, array, labels = loader.num_samples, None, [np.zeros(0, np.int64)]
     at = 0
     loader.set_epoch(0)
     with torch.no_grad():
@@ -102,29 +103,44 @@ def write_rank_part(fn: LayerOutput, loader, path: str) -> int:
             array[at:at + len(f)] = f
             labels.append(y.cpu().numpy())
             at += len(f)
+        if array is None:
+            probe = torch.zeros(1, 3, image_size, image_size, device=next(fn.model.parameters()).device)
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(0, fn(probe).shape[1]))
     array.flush()
+    _all_decoded(rows - at, loader)
     np.save(path[:-4] + ".labels.npy", np.concatenate(labels).astype(np.int64))
     return array.shape[1]
+
+
+def _all_decoded(missing: int, loader):
+    """Every rank stops together (one line) when a record did not decode: evaluation leaves it out,
+    and the features would no longer line up with the image ids."""
+    total = int(dist.all_reduce_sum(torch.tensor([float(missing)]))[0])
+    if total:
+        bad = getattr(loader, "undecodable_records", lambda: [])()
+        raise UserError(f"{total} records of the split do not decode{f' (e.g. {bad[0]})' if bad else ''}; "
+                        "features would not line up with the image ids: check the split with "
+                        "tools/im2rec.py --verify PREFIX")
 
 
 def join_parts(out: str, world: int, total: int, width: int, ids: np.ndarray, meta: dict):
     """Rank 0: the parts, in rank order, into OUT.npy (and labels, ids, json); the parts removed."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    labels = np.concatenate([np.load(_part(out, r, world)[:-4] + ".labels.npy") for r in range(world)])
+    for name, values in ((".labels.npy", labels), (".ids.npy", ids)):
+        with atomic_open(out + name, "wb") as f:
+            np.save(f, values)
     with atomic_path(out + ".npy") as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, width))
-        at, labels = 0, []
+        at = 0
         for r in range(world):
             part = np.load(_part(out, r, world), mmap_mode="r")
             for i in range(0, len(part), JOIN_ROWS):
                 chunk = part[i:i + JOIN_ROWS]
                 array[at:at + len(chunk)] = chunk
                 at += len(chunk)
-            labels.append(np.load(_part(out, r, world)[:-4] + ".labels.npy"))
         array.flush()
         del array
-    for name, values in ((".labels.npy", np.concatenate(labels)), (".ids.npy", ids)):
-        with atomic_open(out + name, "wb") as f:
-            np.save(f, values)
     with atomic_open(out + ".json", "w") as f:
         json.dump(meta, f, indent=1)
     for r in range(world):
@@ -192,7 +208,7 @@ def run_extraction(out: str, layer: Optional[str], split: str, pool: str, batch_
                 print(line, flush=True)
         data_loader = make_eval_loader(cfg, env, cfg.data, split, batch_size, loader, workers)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        width = write_rank_part(fn, data_loader, _part(out, env.rank, env.world))
+        width = write_rank_part(fn, data_loader, _part(out, env.rank, env.world), cfg.image_size)
         dist.barrier()
         if env.main:
             ids = record_ids(cfg.data, split)
