@@ -268,3 +268,12 @@ def test_not_a_checkpoint_is_one_line(tmp_path):
     with pytest.raises(UserError, match="not a readable checkpoint") as err:
         checkpoint.load(str(bad))
     assert "\n" not in str(err.value)
+
+
+def test_ensemble_unwritable_out_dir_is_one_line_before_the_passes(runs, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr("toolkit.inference.ensemble.evaluate_member",
+                        lambda *a, **k: pytest.fail("evaluated before --out-dir was checked"))
+    with pytest.raises(UserError, match="--out-dir"):
+        run_ensemble_evaluation([runs["A"], runs["B"]], runs["ck"], workers=0, out_dir=str(blocker / "sub"))
