@@ -155,3 +155,8 @@ def test_training_on_a_split_that_does_not_decode_stops_with_one_line(tmp_path):
         next(iter(loader))
     assert "\n" not in err.value.message and "records in a row do not decode" in err.value.message
     assert "tools/im2rec.py --verify" in err.value.message
+
+
+def test_an_empty_payload_says_so():
+    with pytest.raises(ValueError, match="empty file"):
+        decode(b"")

@@ -231,3 +231,49 @@ def test_expand_members():
     assert expand_members(argv) == ["--ensemble", "r1:10", "--ensemble", "r2:3", "--ensemble", "c/x.pt",
                                     "img/", "--top-k", "3"]
     assert expand_members(["--ensemble", "a", "--json"]) == ["--ensemble", "a", "--json"]
+
+
+def test_lst_with_a_wrong_root_is_one_line(tmp_path):
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    (tmp_path / "images" / "a" / "x.jpg").write_bytes(b"")
+    (tmp_path / "val.lst").write_text("0\t0.000000\ta/x.jpg\n")
+    with pytest.raises(UserError, match=r"val.lst: 1 of 1 listed images are not under .*--root") as err:
+        predict.gather_files([str(tmp_path / "val.lst")])
+    assert "\n" not in str(err.value)
+    assert predict.gather_files([str(tmp_path / "val.lst")], root=str(tmp_path / "images")) == \
+        [str(tmp_path / "images" / "a" / "x.jpg")]
+
+
+def test_unwritable_csv_or_json_is_one_line_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for options, flag in ((dict(csv_path=str(tmp_path)), "--csv"),
+                          (dict(json_path=str(blocker / "sub" / "p.json")), "--json")):
+        # checked before the (missing) checkpoint is looked at
+        with pytest.raises(UserError, match=flag) as err:
+            predict.run(["x.jpg"], checkpoint_path=str(tmp_path / "missing.pt"), **options)
+        assert "\n" not in str(err.value)
+
+
+def test_csv_columns_when_nothing_decodes(tmp_path):
+    rows = [{"path": "a.jpg", "error": "an empty file (0 bytes)"}]
+    predict.write_outputs(rows, 3, csv_path=str(tmp_path / "p.csv"))
+    assert list(pd.read_csv(tmp_path / "p.csv").columns) == \
+        ["path", "class1", "prob1", "class2", "prob2", "class3", "prob3", "error"]
+
+
+def test_not_a_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "photo.pt"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(UserError, match="not a readable checkpoint") as err:
+        checkpoint.load(str(bad))
+    assert "\n" not in str(err.value)
+
+
+def test_ensemble_unwritable_out_dir_is_one_line_before_the_passes(runs, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr("toolkit.inference.ensemble.evaluate_member",
+                        lambda *a, **k: pytest.fail("evaluated before --out-dir was checked"))
+    with pytest.raises(UserError, match="--out-dir"):
+        run_ensemble_evaluation([runs["A"], runs["B"]], runs["ck"], workers=0, out_dir=str(blocker / "sub"))

@@ -29,14 +29,19 @@ from toolkit.inference.meta import load_member, resolve
 @click.option("--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
 def main(fmt, out, prefix, epoch, checkpoint_path, checkpoints_dir, data, atol, rtol):
     from toolkit.engine import checkpoint
+    from toolkit.engine.preflight import writable_file
     if fmt == "onnx":
         require_onnx()  # before any work
+    if out:
+        writable_file(out, "--out")
     if checkpoint_path:
         path = resolve(checkpoint_path)
     else:
         path = checkpoint.find(checkpoints_dir, prefix, epoch)
     member = load_member(path, data)
-    out = out or default_out(member, fmt)
+    if not out:
+        out = default_out(member, fmt)
+        writable_file(out, "--out")
     r = export(member, fmt, out, atol, rtol)
     print(f"{out}: {fmt}, {r['bytes'] / 1e6:.2f} MB, from {path} in {r['seconds']:.1f} s; parity with PyTorch "
           f"on batches of 1 and 3: max |logit error| {r['max_abs_logit_error']:.2e}, max |prob error| "

@@ -19,6 +19,7 @@ import os
 
 import click
 
+from toolkit.engine.preflight import writable_file
 from toolkit.errors import UserError
 from toolkit.visualize import augment as augment_mod
 from toolkit.visualize import figures, filters as filters_mod, heatmaps, layers, mistakes
@@ -80,6 +81,8 @@ def _command(fn):
     """Run a subcommand; a library mistake (UserError) already prints one line and exits 2."""
     @functools.wraps(fn)
     def wrapper(**p):
+        if p.get("out"):  # before the checkpoint is loaded and the pictures computed
+            writable_file(p["out"], "--out")
         fn(p)
     return wrapper
 

@@ -21,6 +21,8 @@ _JPEG = b"\xff\xd8"
 
 def decode(payload: bytes) -> torch.Tensor:
     """The whole image, uint8 RGB CHW."""
+    if not payload:  # torch.frombuffer's own words for it name neither the file nor the cause
+        raise ValueError("an empty file (0 bytes)")
     try:
         img = tvio.decode_image(torch.frombuffer(bytearray(payload), dtype=torch.uint8),
                                 mode=tvio.ImageReadMode.RGB, apply_exif_orientation=True)

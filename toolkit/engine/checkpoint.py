@@ -80,7 +80,8 @@ def load(path: str) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
     except Exception as exc:
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")  # torch's run to pages
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
 
 
 def list_checkpoints(directory: str, prefix: Optional[str] = None) -> Dict[str, Dict[Tuple[int, int], str]]:

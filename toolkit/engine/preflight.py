@@ -50,6 +50,13 @@ def writable_dir(path: str, flag: str):
                         f"choose a writable folder with {flag}") from None
 
 
+def writable_file(path: str, flag: str):
+    """`path` can be written as a file (its folder made if needed); a UserError naming the flag if not."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a folder; give a file name (e.g. {os.path.join(path, 'out')})")
+    writable_dir(os.path.dirname(path) or ".", flag)
+
+
 def check_output_dirs(cfg: TrainConfig, env):
     """--logs-dir and --checkpoints-dir, before the log is opened: rank 0 writes both."""
     def check():

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from toolkit.data import dataset_info
 from toolkit.data.workers import end_workers
-from toolkit.engine import dist
+from toolkit.engine import dist, preflight
 from toolkit.engine.config import override
 from toolkit.engine.evaluation import per_class_table, write_csv
 from toolkit.engine.run import stalled_error
@@ -168,6 +168,8 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         if info.num_classes and info.num_classes != num_classes:
             raise UserError(f"{data}: {info.num_classes} classes, but the models were trained for "
                             f"{num_classes}; pass the --data they were trained on")
+        out_dir = out_dir or members[0].cfg.logs_dir
+        preflight.on_main(env, lambda: preflight.writable_dir(out_dir, "--out-dir"))  # before the passes
         results, probs, labels = [], [], None
         for m in members:
             result, p, y = evaluate_member(m, env, data, split, batch_size, loader, workers, ten_crop)
@@ -180,7 +182,7 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         ens = evaluate(nn.Identity(), _Replay(ensemble_log_probs(probs), labels), env, num_classes)
         if not env.main:
             return 0
-        summary = report(members, results, ens, info, data, split, ten_crop, out_dir or members[0].cfg.logs_dir, env)
+        summary = report(members, results, ens, info, data, split, ten_crop, out_dir, env)
         if as_json:
             print(json.dumps(summary))
         sys.stdout.flush()

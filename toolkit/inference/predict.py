@@ -26,6 +26,7 @@ from toolkit.data import workers as worker_procs
 from toolkit.data.discovery import open_split
 from toolkit.data.torch_backend import build_transform, normalize
 from toolkit.engine import checkpoint, dist
+from toolkit.engine.preflight import writable_file
 from toolkit.engine.evaluation import write_csv
 from toolkit.engine.trainer import autocast
 from toolkit.errors import UserError
@@ -50,7 +51,13 @@ def gather_files(inputs, root: Optional[str] = None) -> List[str]:
     for arg in inputs:
         if arg.endswith(".lst") and os.path.isfile(arg):
             base = root or os.path.dirname(arg)
-            files += [os.path.join(base, item.path) for item in read_list(arg)]
+            listed = [os.path.join(base, item.path) for item in read_list(arg)]
+            missing = [p for p in listed if not os.path.isfile(p)]
+            if missing:  # a wrong root, not a few bad files: one line before any work
+                raise UserError(f"{arg}: {len(missing)} of {len(listed)} listed images are not under "
+                                f"{base or '.'}/ (first: {missing[0]}); pass --root DIR, the folder its paths "
+                                "are relative to (for tools/make_toy.py's lists: DATA/images)")
+            files += listed
         elif os.path.isdir(arg):
             found = _walk(arg)
             if not found:
@@ -209,7 +216,7 @@ def table_lines(rows) -> List[str]:
 
 def write_outputs(rows, top_k: int, csv_path=None, json_path=None):
     if csv_path:
-        k = max((len(r.get("top", [])) for r in rows), default=top_k)
+        k = top_k  # the caller's top-k, at most the class count: the same columns when nothing decodes
         records = []
         for r in rows:
             rec = {"path": r["path"]}
@@ -247,7 +254,7 @@ def run_predict(members, sources: Sources, env, top_k=5, csv_path=None, json_pat
     if not quiet:
         with contextlib.suppress(BrokenPipeError):
             print("\n".join(table_lines(rows)), flush=True)
-    write_outputs(rows, top_k, csv_path, json_path)
+    write_outputs(rows, min(top_k, members[0].meta["num_classes"]), csv_path, json_path)
     bad = sum("error" in r for r in rows)
     print(f"{len(rows)} images ({bad} not decodable) in {seconds:.2f} s, {len(rows) / max(seconds, 1e-9):.1f} "
           f"images/s, world size {env.world}" + (f"; CSV {csv_path}" if csv_path else "")
@@ -260,6 +267,9 @@ def run(inputs, prefix=None, epoch=None, checkpoint_path=None, ensemble=(), chec
     """tools/predict.py: check the inputs and models up front, then predict (see run_predict)."""
     from toolkit.inference.ensemble import load_members
     from toolkit.inference.meta import resolve
+    for path, flag in ((options.get("csv_path"), "--csv"), (options.get("json_path"), "--json")):
+        if path:
+            writable_file(path, flag)
     if split and inputs:
         raise UserError(f"--split {split} predicts on the records of a split; leave out the image arguments")
     if not split and not inputs:
