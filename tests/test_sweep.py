@@ -58,6 +58,11 @@ def data(tmp_path_factory):
     (["--grid", "recipe=resnet18,resnet99"], "--grid recipe=resnet18,resnet99: unknown recipe 'resnet99'"),
     ([], "nothing to sweep: give --grid FLAG=V1,V2"),
     (["--grid", "act=relu", "--slurm-param", "account"], "--slurm-param account: expected KEY=VALUE"),
+    # one flag on two axes (or under its alias) was one run with the last value only
+    (["--grid", "lr=0.1", "--grid", "lr=0.2"], "--grid lr=0.2: --lr is already an axis (--grid lr=0.1)"),
+    (["--grid", "epochs=1", "--grid", "num-epochs=2"], "--grid num-epochs=2: --epochs is already an axis"),
+    # the negative form of a switch was read as the positive one
+    (["--grid", "no-nesterov=true,false"], "--grid no-nesterov=true,false: name the switch as nesterov=true/false"),
 ])
 def test_bad_specs_are_one_line_before_anything_runs(sweep_main, tmp_path, args, message):
     common = ["--logs-dir", str(tmp_path / "logs"), "--checkpoints-dir", str(tmp_path / "ck")]
@@ -72,11 +77,19 @@ def test_bad_variants_files(sweep_main, tmp_path):
     (tmp_path / "v.yaml").write_text("- {act: relu}\n- {act: elu, init: nope}\n")
     (tmp_path / "same.json").write_text(json.dumps([{"act": "relu", "name": "x"}, {"act": "elu", "name": "x"}]))
     (tmp_path / "broken.yaml").write_text("- act: [relu\n")
-    for name, message in [("v.yaml", "run resnet18_act-elu_init-nope (variant 2): Invalid value for '--init'"),
+    (tmp_path / "empty.yaml").write_text("act: []\n")  # was an IndexError traceback
+    (tmp_path / "twice.yaml").write_text("act: [relu, elu]\nact: [prelu]\n")  # was the last one only
+    (tmp_path / "twice.json").write_text('{"act": ["relu"], "act": ["elu"]}')
+    (tmp_path / "both.yaml").write_text("- {act: relu}\n")
+    for name, message in [("empty.yaml", "act: no values"), ("twice.yaml", "'act' is given twice"),
+                          ("twice.json", "'act' is given twice"), ("v.yaml", "run resnet18_act-elu_init-nope (variant 2): Invalid value for '--init'"),
                           ("same.json", "would both be named 'resnet18_x'; give the variants a name"),
                           ("broken.yaml", "--variants "), ("missing.yaml", "cannot read it")]:
         result = CliRunner().invoke(sweep_main, ["--variants", str(tmp_path / name), "--recipe", "resnet18"])
         assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    result = CliRunner().invoke(sweep_main, ["--variants", str(tmp_path / "both.yaml"), "--grid", "act=elu",
+                                             "--recipe", "resnet18"])
+    assert result.exit_code == 2 and "variant 1: --act is already an axis" in result.stderr, result.stderr
 
 
 def test_runs_names_and_arguments(train_command, tmp_path):

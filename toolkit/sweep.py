@@ -72,16 +72,45 @@ def load_variants(path: str) -> tuple:
         raise UserError(f"--variants {path}: cannot read it: {e.strerror or e}") from None
     kind = "JSON" if path.endswith(".json") else "YAML"
     try:
-        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_unique) if kind == "JSON" else yaml.load(text, _UniqueLoader)
     except (ValueError, yaml.YAMLError) as e:
         raise UserError(f"--variants {path}: not valid {kind}: {' '.join(str(e).split())}") from None
     where = f"--variants {path}"
     if isinstance(data, dict):
-        return [], [(k, [_text(v) for v in (vs if isinstance(vs, list) else [vs])], where) for k, vs in data.items()]
+        grid = [(k, [_text(v) for v in (vs if isinstance(vs, list) else [vs])], where) for k, vs in data.items()]
+        empty = [k for k, vs, _ in grid if not vs]
+        if empty:
+            raise UserError(f"{where}: {empty[0]}: no values (give a list of one or more)")
+        return [], grid
     if isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
         return [{str(k): _text(v) for k, v in d.items()} for d in data], []
     raise UserError(f"{where}: expected a list of variants (flag: value mappings) or a mapping of "
                     "flag: [values]")
+
+
+def _unique(pairs) -> dict:
+    """JSON objects and YAML mappings with a key given twice are refused (both parsers keep the last)."""
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{twice!r} is given twice")
+    return dict(pairs)
+
+
+class _UniqueLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_unique(loader, node):
+    loader.flatten_mapping(node)
+    pairs = [(loader.construct_object(k, deep=True), loader.construct_object(v, deep=True)) for k, v in node.value]
+    try:
+        return _unique(pairs)
+    except ValueError as e:
+        raise yaml.constructor.ConstructorError(None, None, str(e), node.start_mark) from None
+
+
+_UniqueLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique)
 
 
 def _text(v) -> str:
@@ -98,6 +127,8 @@ def _option(command: click.Command, key: str, where: str) -> click.Option:
         if isinstance(p, click.Option) and not p.hidden and flag in p.opts + p.secondary_opts:
             if p.name == "prefix":
                 raise UserError(f"{where}: the sweep names each run (base name: --prefix given to every run)")
+            if flag in p.secondary_opts:  # --grid no-nesterov=true would read as --nesterov
+                raise UserError(f"{where}: name the switch as {p.opts[0][2:]}=true/false, not {flag[2:]}")
             return p
     raise UserError(f"{where}: tools/train.py has no flag {flag} (see tools/train.py --help)")
 
@@ -152,9 +183,16 @@ def plan(command: click.Command, common: List[str], grid: List[tuple], variants:
     """The runs of the sweep (variants x grid), every one checked by tools/train.py's command first."""
     given = _given(command, common)
     specs = grid + [(k, [v], f"variant {i}") for i, d in enumerate(variants, 1) for k, v in d.items() if k != "name"]
-    options = {}
+    options, axes = {}, {}
     for key, values, where in specs:
         options[key] = _option(command, key, where)
+        name = options[key].name  # --grid epochs=1 --grid num-epochs=2: one flag, two axes
+        if where.startswith("variant ") and name not in axes:
+            continue
+        if name in axes:
+            raise UserError(f"{where}: {options[key].opts[0]} is already an axis ({axes[name]}); give its "
+                            "values in one place")
+        axes[name] = where
         if options[key].name in given:
             raise UserError(f"{where}: {options[key].opts[0]} is also given to every run; give it in one place")
     if "recipe" not in given and not any(o.name == "recipe" for o in options.values()):
