@@ -160,3 +160,30 @@ def test_the_loader_says_which_backend_and_why(smooth):
     assert make(smooth, "dali", batch_size=8, pca_lighting=0.1).choice == "dali (--loader dali)"
     with pytest.raises(UserError, match="--color-jitter"):
         make(smooth, "dali", batch_size=8, color_jitter=0.4)
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_source_workers_leave_ctrl_c_and_the_groups_sigterm_to_the_training_process(ordered, start, monkeypatch):
+    """torchrun and SLURM signal a rank's whole process group: DALI's source workers (forked on the
+    CPU, spawned on GPUs: both run here) must keep serving the stop's last batches (they died, and
+    the stop with them)."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+    from toolkit.data import dali_backend
+    monkeypatch.setattr(dali_backend, "start_method", lambda gpu: start)
+    before = set(multiprocessing.active_children())
+    loader = make(ordered, "dali", workers=4)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    workers = [p for p in multiprocessing.active_children() if p not in before]
+    assert workers, "no source worker processes"
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        for p in workers:
+            os.kill(p.pid, sig)
+    time.sleep(0.5)
+    assert all(p.is_alive() for p in workers), [p.exitcode for p in workers]
+    assert sum(1 for _ in it) == N // 64 - 1  # every other batch of the epoch still comes
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own are kept

@@ -26,6 +26,7 @@ A record DALI cannot decode stops the run with DALI's message (DALI cannot subst
 """
 import hashlib
 import io
+import multiprocessing
 import os
 import tempfile
 
@@ -37,6 +38,7 @@ from toolkit.atomic import atomic_open
 from toolkit.data.discovery import RecordSet
 from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
 from toolkit.data.torch_backend import TrainTransform, eval_resize_for, lighting_shift
+from toolkit.data.workers import quiet_children, serve_quietly
 
 
 def combined_index(records: RecordSet) -> str:
@@ -90,6 +92,12 @@ class BatchSource:
                  pca_std: float, epoch0: int, start0: int):
         self.records, self.batches, self.crop, self.seed = records, batches, crop, seed
         self.pca_std, self.epoch0, self.start0 = pca_std, epoch0, start0
+
+    def __setstate__(self, state):
+        """Unpickled in a spawned source worker (DALI on GPUs): its signals as the workers' rule."""
+        self.__dict__.update(state)
+        if multiprocessing.parent_process() is not None:  # not a copy made in the training process
+            serve_quietly()
 
     def __call__(self, info):
         b = info.iteration + (self.start0 if info.epoch_idx == 0 else 0)
@@ -200,12 +208,13 @@ class DaliLoader:
             extra = dict(py_num_workers=max(1, self.workers // 4), py_start_method=start_method(gpu))
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if gpu else None
-        pipe = _pipeline(source, self.train, self.size, self.resize, self.mean, self.std, gpu,
-                         bool(self.pca_std), parallel, batch_size=self.batches.batch_size,
-                         num_threads=max(1, self.workers), device_id=device_id, prefetch_queue_depth=2,
-                         seed=sample_seed(self.seed, 0) % 2 ** 31, **extra)
-        iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL)
+        with quiet_children():  # the source's workers start here (at build)
+            pipe = _pipeline(source, self.train, self.size, self.resize, self.mean, self.std, gpu,
+                             bool(self.pca_std), parallel, batch_size=self.batches.batch_size,
+                             num_threads=max(1, self.workers), device_id=device_id, prefetch_queue_depth=2,
+                             seed=sample_seed(self.seed, 0) % 2 ** 31, **extra)
+            iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
+                                           last_batch_policy=LastBatchPolicy.PARTIAL)
         self._live = [iterator, self.epoch, 0, False]
 
     def _continues(self) -> bool:

@@ -6,11 +6,15 @@ Stop: every wait for a batch is bounded (DataLoader's `timeout`), and a worker t
 out of memory) or gives no batch within the bound ends the run with one line naming it
 (`toolkit.errors.Stalled`) instead of a traceback or a wait without end.
 """
+import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import signal
 import sys
+import threading
 
 import torch
 
@@ -66,6 +70,60 @@ def _first_sigterm(_signum, _frame):
     a worker that did not end when asked: DataLoader's, then multiprocessing's at exit) ends it."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+
+# --- DALI's external-source workers (toolkit/data/dali_backend.py): the same rule by other means --------
+QUIET = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+GRACE = 20  # seconds a source worker serves on after the group's SIGTERM (the stop takes a step or two)
+_starting = False
+_exit_hook = False
+
+
+@contextlib.contextmanager
+def quiet_children():
+    """Worker processes started inside (DALI's source workers: forked on the CPU, spawned on GPUs)
+    leave Ctrl-C, SIGHUP and the group's SIGTERM to the training process, which torchrun and SLURM
+    signal together with its children: a source worker ended by them fails the stop's last batch.
+    DALI has no worker hook, so the signals stay blocked here meanwhile (the mask is inherited): a
+    forked child calls serve_quietly() before it runs any Python (os.register_at_fork), a spawned
+    one when it unpickles its source; this process gets any signal that came once the block ends."""
+    global _starting, _exit_hook
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if not _exit_hook:  # multiprocessing's own exit hook would terminate() and then join without a bound
+        atexit.register(end_workers)
+        _exit_hook = True
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, QUIET)
+    _starting = True
+    try:
+        yield
+    finally:
+        _starting = False
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def serve_quietly():
+    """In a source worker: Ctrl-C and SIGHUP ignored; SIGTERM ends it GRACE s later (DALI ends its
+    workers with terminate() and then waits without a bound, so it must end them, and soon)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _grace_sigterm)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIET)
+
+
+def _grace_sigterm(_signum, _frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it now
+    signal.alarm(GRACE)  # SIGALRM's default action ends the process
+
+
+def _forked():
+    if _starting:
+        serve_quietly()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 _TIMEOUT = re.compile(r"DataLoader timed out after ([\d.]+) seconds")
 _DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\)? (?:is killed by signal: (.+?)\.|exited unexpectedly)")
