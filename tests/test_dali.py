@@ -160,3 +160,16 @@ def test_the_loader_says_which_backend_and_why(smooth):
     assert make(smooth, "dali", batch_size=8, pca_lighting=0.1).choice == "dali (--loader dali)"
     with pytest.raises(UserError, match="--color-jitter"):
         make(smooth, "dali", batch_size=8, color_jitter=0.4)
+
+
+def test_dali_draws_the_crop_of_an_exif_turned_jpeg_on_its_displayed_size(tmp_path):
+    """im2rec --pass-through keeps a camera JPEG's EXIF orientation; DALI decodes it turned, so the
+    window must be drawn on the turned size (the source holds each payload as a numpy array)."""
+    from tests.test_decode import oriented_jpeg
+    payloads = [oriented_jpeg(o) for o in range(1, 9)] * 2
+    with recordio.IndexedRecordWriter(str(tmp_path / "train.idx"), str(tmp_path / "train.rec")) as w:
+        for k, data in enumerate(payloads):
+            w.write_idx(k, recordio.pack((0, float(k), k, 0), data))
+    t, d = (epoch(make(str(tmp_path), b, batch_size=16, image_size=16, seed=3), images=True)[0]
+            for b in ("torch", "dali"))
+    assert t[1] == d[1] and (t[0] - d[0]).abs().mean() < 0.15

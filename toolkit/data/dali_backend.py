@@ -98,14 +98,16 @@ class BatchSource:
         if self.batches.train:  # evaluation's order does not depend on the epoch
             self.batches.set_epoch(self.epoch0 + info.epoch_idx)
         items = self.batches.batch(b)
-        encoded, labels = [], np.empty(len(items), np.int64)
+        payloads, labels = [], np.empty(len(items), np.int64)
         for k, (i, _, _) in enumerate(items):
             header, payload = recordio.unpack(self.records.read(i))
-            encoded.append(np.frombuffer(payload, np.uint8))
+            payloads.append(payload)
             labels[k] = int(recordio.first_label(header.label))
+        encoded = [np.frombuffer(p, np.uint8) for p in payloads]
         if self.crop is None:
             return encoded, labels
-        return (encoded, labels, *self.draws(items, encoded))
+        # the draws read the headers from the bytes: `b"Exif" in` a numpy array is never true
+        return (encoded, labels, *self.draws(items, payloads))
 
     def draws(self, items, encoded):
         """Per sample, as TrainTransform and RecordDataset draw them: crop start (x, y) and shape
