@@ -173,3 +173,21 @@ def test_dali_draws_the_crop_of_an_exif_turned_jpeg_on_its_displayed_size(tmp_pa
     t, d = (epoch(make(str(tmp_path), b, batch_size=16, image_size=16, seed=3), images=True)[0]
             for b in ("torch", "dali"))
     assert t[1] == d[1] and (t[0] - d[0]).abs().mean() < 0.15
+
+
+def test_dali_decodes_every_format_the_torch_backend_does(tmp_path):
+    """im2rec --pass-through stores GIFs (and the rest of test_decode's odd formats) as they are:
+    DALI's decoder (nvImageCodec) has no GIF codec, so the source hands it such images re-encoded."""
+    from tests.test_decode import ODD
+    payloads = [ODD[k]() for k in sorted(ODD)]
+    with recordio.IndexedRecordWriter(str(tmp_path / "train.idx"), str(tmp_path / "train.rec")) as w:
+        for k, data in enumerate(payloads):
+            w.write_idx(k, recordio.pack((0, float(k), k, 0), data))
+    ev = dict(train=False, batch_size=1, image_size=30, eval_resize=30)
+    torch_eval, dali_eval = (epoch(make(str(tmp_path), b, **ev), images=True) for b in ("torch", "dali"))
+    assert len(dali_eval) == len(payloads)
+    for (xt, yt), (xd, yd) in zip(torch_eval, dali_eval):
+        assert yt == yd and (xt - xd).abs().max() < 0.05, sorted(ODD)[yt[0]]
+    # training: DALI decodes each crop's window of every record
+    assert sorted(epoch(make(str(tmp_path), "dali", batch_size=len(payloads), image_size=16))[0]) == \
+        list(range(len(payloads)))

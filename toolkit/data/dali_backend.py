@@ -14,6 +14,7 @@ backend uses, seeded by (seed, epoch, position); DALI decodes only that window
 nothing but (seed, epoch, position): a resumed epoch is bit-identical to the uninterrupted one, and
 both backends crop, flip and light each sample alike (pixels differ by the decoders' and resizers'
 rounding). EXIF orientation is applied by DALI's decoder; the window is drawn on the oriented size.
+GIFs, which DALI does not decode, reach it as lossless BMPs of OpenCV's decode (`for_dali`).
 Colour jitter and ten-crop are torch-only (`choose_backend` falls back to torch for them).
 
 The pipeline lives across epochs and is rebuilt only when set_epoch does not continue it (a resume,
@@ -79,6 +80,24 @@ def image_size(payload: bytes):
     return (width, height) if orientation in _EXIF_SWAPS else (height, width)
 
 
+_GIF = (b"GIF87a", b"GIF89a")
+
+
+def for_dali(payload: bytes) -> bytes:
+    """The image bytes DALI's decoder takes: a GIF (im2rec --pass-through stores them; nvImageCodec
+    has no GIF codec) re-encoded as a lossless BMP of OpenCV's decode (its first frame, as MXNet's
+    ImageRecordIter sees it); anything else as it is. GIFs are rare: the cost is theirs alone."""
+    if payload[:6] not in _GIF:
+        return payload
+    import cv2
+    from toolkit.data.decode import decode_opencv
+    try:
+        rgb = decode_opencv(payload).permute(1, 2, 0).numpy()
+    except ValueError:  # not decodable at all: DALI says so
+        return payload
+    return cv2.imencode(".bmp", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
 class BatchSource:
     """The external source: BatchInfo -> one batch's encoded images, labels and augmentation draws.
 
@@ -101,7 +120,7 @@ class BatchSource:
         payloads, labels = [], np.empty(len(items), np.int64)
         for k, (i, _, _) in enumerate(items):
             header, payload = recordio.unpack(self.records.read(i))
-            payloads.append(payload)
+            payloads.append(for_dali(payload))
             labels[k] = int(recordio.first_label(header.label))
         encoded = [np.frombuffer(p, np.uint8) for p in payloads]
         if self.crop is None:
