@@ -191,7 +191,7 @@ def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Seque
 
 def read_id_wnids(path: str) -> List[str]:
     """The wnid of each ILSVRC2012_ID (line k = ID k): `n01440764` per line (more fields ignored)."""
-    wnids = []
+    wnids, line_of = [], {}
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
@@ -199,6 +199,10 @@ def read_id_wnids(path: str) -> List[str]:
                 continue
             if not (len(fields[0]) == 9 and fields[0][0] == "n" and fields[0][1:].isdigit()):
                 raise UserError(f"{path}:{lineno}: expected a wnid such as n01440764 first, got {line.strip()!r}")
+            if fields[0] in line_of:  # a per-image list (one wnid per validation image), say
+                raise UserError(f"{path}: {fields[0]} on lines {line_of[fields[0]]} and {lineno}: expected "
+                                "one wnid per ILSVRC2012_ID (line k = ID k, from the devkit's data/meta.mat)")
+            line_of[fields[0]] = lineno
             wnids.append(fields[0])
     return wnids
 
@@ -213,10 +217,6 @@ def imagenet_val_list(val_dir: str, ground_truth: str, id_wnids: Optional[str], 
                         "give --imagenet-id-wnids FILE (the wnid of each ILSVRC2012_ID, line k = ID k, "
                         "from the devkit's data/meta.mat)")
     wnids = read_id_wnids(id_wnids)
-    if classes_tsv:
-        classes, order = read_classes(classes_tsv), classes_tsv
-    else:
-        classes, order = sorted(set(wnids)), f"the sorted wnids of {id_wnids}"
     try:
         with open(ground_truth) as f:
             ids = [int(x) for x in f.read().split()]
@@ -224,4 +224,9 @@ def imagenet_val_list(val_dir: str, ground_truth: str, id_wnids: Optional[str], 
         raise UserError(f"{ground_truth}: expected one ILSVRC2012_ID (an integer) per line ({exc})") from None
     if ids and not 1 <= min(ids) <= max(ids) <= len(wnids):
         raise UserError(f"{ground_truth}: IDs run {min(ids)}..{max(ids)} but {id_wnids} lists {len(wnids)} wnids")
+    if classes_tsv:
+        classes, order = read_classes(classes_tsv), classes_tsv
+    else:  # IDs 1..1000 of meta.mat's 1860 are the leaves (the train folders); the rest, internal nodes
+        top = max(ids, default=len(wnids))
+        classes, order = sorted(wnids[:top]), f"the sorted wnids of IDs 1..{top} of {id_wnids}"
     return imagenet_val_items(val_dir, ground_truth, wnids, classes), order
