@@ -191,3 +191,16 @@ def test_dali_decodes_every_format_the_torch_backend_does(tmp_path):
     # training: DALI decodes each crop's window of every record
     assert sorted(epoch(make(str(tmp_path), "dali", batch_size=len(payloads), image_size=16))[0]) == \
         list(range(len(payloads)))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_record_dali_cannot_decode_is_one_line_naming_it(tmp_path, train):
+    """DALI's own message names no record; the run stops with one line that does (--loader torch
+    leaves such records out of evaluation and names them)."""
+    good = cv2.imencode(".jpg", np.full((12, 12, 3), 90, np.uint8))[1].tobytes()
+    with recordio.IndexedRecordWriter(str(tmp_path / "train.idx"), str(tmp_path / "train.rec")) as w:
+        for k in range(24):
+            w.write_idx(100 + k, recordio.pack((0, 0.0, k, 0), b"not an image" if k == 13 else good))
+    loader = make(str(tmp_path), "dali", batch_size=4, image_size=8, train=train)
+    with pytest.raises(UserError, match=r"train.rec key 113 offset \d+: not an image .*--loader torch"):
+        epoch(loader)

@@ -22,8 +22,9 @@ an abandoned epoch); between epochs it stays idle. The "mixed" decode and the so
 workers on GPUs share all their logic with the CPU path the tests run; unverified on GPU.
 
 The label of a record is `recordio.first_label`: the first label of a multi-label record.
-A record DALI cannot decode stops the run with DALI's message (DALI cannot substitute a sample); use
-`--loader torch`, which logs and replaces corrupt records, or repair the shard.
+A record DALI cannot decode stops the run with one line naming it (DALI cannot substitute or leave out
+a sample); use `--loader torch`, which replaces corrupt records in training and leaves them out of
+evaluation, naming them, or repair the shard.
 """
 import hashlib
 import io
@@ -245,16 +246,37 @@ class DaliLoader:
         if live[3]:  # reset only now: between epochs the pipeline stays idle (no thread busy when,
             live[0].reset()  # say, a DataLoader forks its workers), then prefetches this epoch
             live[3] = False
+        b = self.start
         try:
             for out in live[0]:
                 x, y = out[0]["images"], out[0]["labels"]
                 x = x.to(self.device, non_blocking=True)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                b += 1
                 yield x.to(self.dtype), y.view(-1).to(self.device, torch.int64)
             finished = True
+        except RuntimeError:
+            self.name_undecodable(b)  # DALI's message names no record: one line that does
+            raise
         finally:
             if finished:  # the pipeline goes on with the next epoch
                 live[2], live[3] = live[2] + 1, True
             elif self._live is live:  # abandoned mid-epoch: rebuilt on the next iteration
                 self._live = None
+
+    def name_undecodable(self, b: int):
+        """After DALI stopped: a UserError naming the first record of batches b.. (those it was reading
+        or prefetching) that OpenCV cannot decode either; nothing when every one decodes."""
+        from toolkit.data.decode import decode
+        from toolkit.errors import UserError
+        if self.train:
+            self.batches.set_epoch(self.epoch)
+        for k in range(b, min(b + 8, len(self.batches))):
+            for i, _, _ in self.batches.batch(k):
+                try:
+                    decode(for_dali(recordio.unpack(self.records.read(i))[1]))
+                except Exception as exc:
+                    raise UserError(f"{self.records.where(i)}: not an image ({exc}); DALI stops on it: "
+                                    "--loader torch leaves it out of evaluation (and replaces it in "
+                                    "training) and names it, or repair the shard") from None
