@@ -14,6 +14,7 @@ import torchvision.io as tvio
 
 from tests.helpers import run_tool
 from toolkit import im2rec, lists, recordio, toy, verify
+from toolkit.errors import UserError
 
 IM2REC = "tools/im2rec.py"
 
@@ -321,3 +322,14 @@ def test_imagenet_val_labels_from_all_of_meta_mat_or_a_per_image_list(tmp_path):
                     tmp_path / "per_image.txt", tmp_path / "b" / "val", root, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "n00000003 on lines 1 and 4" in proc.stderr and not (tmp_path / "b" / "val.lst").exists()
+
+
+def test_imagenet_val_labels_go_by_the_number_in_the_name_or_are_refused(tmp_path):
+    """One image missing and a stray one in its place: the count matches, yet by position every label
+    after the gap would be the next image's."""
+    root = _val_folder(tmp_path)
+    (root / "ILSVRC2012_val_00000002.JPEG").rename(root / "zz_stray.jpg")
+    (tmp_path / "gt.txt").write_text("1\n2\n3\n1\n")
+    with pytest.raises(UserError, match=r"ILSVRC2012_val_00000003.JPEG is image 2 of .*: expected "
+                                        r"ILSVRC2012_val_00000001 to ILSVRC2012_val_00000004"):
+        lists.imagenet_val_items(str(root), str(tmp_path / "gt.txt"), ["n1", "n2", "n3"], ["n1", "n2", "n3"])

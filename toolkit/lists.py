@@ -6,6 +6,7 @@ any-whitespace lines (the C++ im2rec style). Beyond MXNet: `classes.tsv` beside 
 from Kaggle-style file names (`cat.123.jpg`) and ImageNet devkit validation ground truth.
 """
 import os
+import re
 import random
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -178,6 +179,11 @@ def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Seque
     files = sorted(f for f in os.listdir(val_dir) if f.lower().endswith((".jpeg", ".jpg", ".png")))
     if len(files) != len(ids):
         raise UserError(f"{ground_truth}: {len(ids)} labels but {len(files)} images in {val_dir}")
+    for k, name in enumerate(files, 1):  # line k of the ground truth is ILSVRC2012_val_%08d k
+        number = re.match(r"ILSVRC2012_val_(\d{8})\.", name)
+        if number and int(number.group(1)) != k:
+            raise UserError(f"{os.path.join(val_dir, name)} is image {k} of {val_dir}: expected "
+                            f"ILSVRC2012_val_{1:08d} to ILSVRC2012_val_{len(ids):08d} and no other images")
     if id_wnids is not None and classes is not None:
         label_of = {name: i for i, name in enumerate(classes)}
         missing = sorted({id_wnids[k - 1] for k in ids} - set(label_of))
