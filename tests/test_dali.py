@@ -187,3 +187,47 @@ def test_source_workers_leave_ctrl_c_and_the_groups_sigterm_to_the_training_proc
     assert all(p.is_alive() for p in workers), [p.exitcode for p in workers]
     assert sum(1 for _ in it) == N // 64 - 1  # every other batch of the epoch still comes
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own are kept
+
+
+def test_dali_draws_the_crop_of_an_exif_turned_jpeg_on_its_displayed_size(tmp_path):
+    """im2rec --pass-through keeps a camera JPEG's EXIF orientation; DALI decodes it turned, so the
+    window must be drawn on the turned size (the source holds each payload as a numpy array)."""
+    from tests.test_decode import oriented_jpeg
+    payloads = [oriented_jpeg(o) for o in range(1, 9)] * 2
+    with recordio.IndexedRecordWriter(str(tmp_path / "train.idx"), str(tmp_path / "train.rec")) as w:
+        for k, data in enumerate(payloads):
+            w.write_idx(k, recordio.pack((0, float(k), k, 0), data))
+    t, d = (epoch(make(str(tmp_path), b, batch_size=16, image_size=16, seed=3), images=True)[0]
+            for b in ("torch", "dali"))
+    assert t[1] == d[1] and (t[0] - d[0]).abs().mean() < 0.15
+
+
+def test_dali_decodes_every_format_the_torch_backend_does(tmp_path):
+    """im2rec --pass-through stores GIFs (and the rest of test_decode's odd formats) as they are:
+    DALI's decoder (nvImageCodec) has no GIF codec, so the source hands it such images re-encoded."""
+    from tests.test_decode import ODD
+    payloads = [ODD[k]() for k in sorted(ODD)]
+    with recordio.IndexedRecordWriter(str(tmp_path / "train.idx"), str(tmp_path / "train.rec")) as w:
+        for k, data in enumerate(payloads):
+            w.write_idx(k, recordio.pack((0, float(k), k, 0), data))
+    ev = dict(train=False, batch_size=1, image_size=30, eval_resize=30)
+    torch_eval, dali_eval = (epoch(make(str(tmp_path), b, **ev), images=True) for b in ("torch", "dali"))
+    assert len(dali_eval) == len(payloads)
+    for (xt, yt), (xd, yd) in zip(torch_eval, dali_eval):
+        assert yt == yd and (xt - xd).abs().max() < 0.05, sorted(ODD)[yt[0]]
+    # training: DALI decodes each crop's window of every record
+    assert sorted(epoch(make(str(tmp_path), "dali", batch_size=len(payloads), image_size=16))[0]) == \
+        list(range(len(payloads)))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_record_dali_cannot_decode_is_one_line_naming_it(tmp_path, train):
+    """DALI's own message names no record; the run stops with one line that does (--loader torch
+    leaves such records out of evaluation and names them)."""
+    good = cv2.imencode(".jpg", np.full((12, 12, 3), 90, np.uint8))[1].tobytes()
+    with recordio.IndexedRecordWriter(str(tmp_path / "train.idx"), str(tmp_path / "train.rec")) as w:
+        for k in range(24):
+            w.write_idx(100 + k, recordio.pack((0, 0.0, k, 0), b"not an image" if k == 13 else good))
+    loader = make(str(tmp_path), "dali", batch_size=4, image_size=8, train=train)
+    with pytest.raises(UserError, match=r"train.rec key 113 offset \d+: not an image .*--loader torch"):
+        epoch(loader)

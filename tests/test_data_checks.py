@@ -154,3 +154,16 @@ def test_evaluate_takes_a_model_with_more_classes_than_classes_tsv(tmp_path):
     write(data / "m_val", [0, 1, 7])
     line = one_error_line(run_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", check=False))
     assert "m_val.rec key 2: label 7 is outside 0..4" in line and "was trained for 5 classes" in line
+
+
+def test_a_val_rec_without_its_idx_is_one_line_not_a_run_without_validation(tmp_path):
+    """A dataset copied without its .idx files: training would go on without validation, silently."""
+    write(tmp_path / "m_train", [0, 1, 2])
+    write(tmp_path / "m_val", [0, 1])
+    (tmp_path / "m_val.idx").unlink()
+    with pytest.raises(UserError, match=r"m_val.idx: index file missing for .*m_val.rec"):
+        preflight.settle_num_classes(make_config("resnet20", data=str(tmp_path)), dist.setup(),
+                                     logging.getLogger("t"))
+    (tmp_path / "m_val.rec").unlink()  # no val split at all: training without validation, as before
+    assert preflight.settle_num_classes(make_config("resnet20", data=str(tmp_path)), dist.setup(),
+                                        logging.getLogger("t")).num_classes == 3

@@ -14,6 +14,7 @@ import torchvision.io as tvio
 
 from tests.helpers import run_tool
 from toolkit import im2rec, lists, recordio, toy, verify
+from toolkit.errors import UserError
 
 IM2REC = "tools/im2rec.py"
 
@@ -304,3 +305,31 @@ def test_a_packer_that_is_killed_ends_packing_with_one_line(monkeypatch):
     monkeypatch.setattr(packing, "encode_item", encode)  # the packers are forked: they see it
     with pytest.raises(Stalled, match="a packer process died .* lower --num-thread"):
         list(packing._encoded(iter(range(40)), 2))
+
+
+def test_imagenet_val_labels_from_all_of_meta_mat_or_a_per_image_list(tmp_path):
+    """meta.mat lists 1860 synsets, IDs 1..1000 the leaves (the train folders) and then 860 internal
+    nodes: a wnid file of all of them gives the leaves' labels; a file with a wnid twice (a per-image
+    list such as imagenet_2012_validation_synset_labels.txt) is not one wnid per ID: refused."""
+    root = _val_folder(tmp_path)
+    (tmp_path / "gt.txt").write_text("1\n2\n3\n1\n")
+    (tmp_path / "all.txt").write_text("n00000003\nn00000001\nn00000002\nn00000000\nn00000009\n")
+    run_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids",
+             tmp_path / "all.txt", tmp_path / "a" / "val", root)
+    assert _val_labels(tmp_path / "a" / "val") == [2, 0, 1, 2]
+    (tmp_path / "per_image.txt").write_text("n00000003\nn00000001\nn00000002\nn00000003\n")
+    proc = run_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids",
+                    tmp_path / "per_image.txt", tmp_path / "b" / "val", root, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "n00000003 on lines 1 and 4" in proc.stderr and not (tmp_path / "b" / "val.lst").exists()
+
+
+def test_imagenet_val_labels_go_by_the_number_in_the_name_or_are_refused(tmp_path):
+    """One image missing and a stray one in its place: the count matches, yet by position every label
+    after the gap would be the next image's."""
+    root = _val_folder(tmp_path)
+    (root / "ILSVRC2012_val_00000002.JPEG").rename(root / "zz_stray.jpg")
+    (tmp_path / "gt.txt").write_text("1\n2\n3\n1\n")
+    with pytest.raises(UserError, match=r"ILSVRC2012_val_00000003.JPEG is image 2 of .*: expected "
+                                        r"ILSVRC2012_val_00000001 to ILSVRC2012_val_00000004"):
+        lists.imagenet_val_items(str(root), str(tmp_path / "gt.txt"), ["n1", "n2", "n3"], ["n1", "n2", "n3"])

@@ -99,3 +99,13 @@ def test_reader_pickles_and_reopens_in_child_process(mxnet191):
         ok = reader.read(8) == _expected_raw(mxnet191)[8] and reader._pid == os.getpid()
         os._exit(0 if ok else 1)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_a_negative_idx_offset_is_one_error_naming_its_line(mxnet191, tmp_path):
+    """A hand-edited or corrupt .idx: os.pread would raise EINVAL (a traceback) and the pre-flight's
+    header gather would wrap around to the end of the file."""
+    lines = (mxnet191 / "raw.idx").read_text().splitlines()
+    lines[2] = lines[2].split("\t")[0] + "\t-8"
+    (tmp_path / "n.idx").write_text("\n".join(lines) + "\n")
+    with pytest.raises(recordio.RecordIOError, match=r"n.idx:3: offset -8 is negative"):
+        recordio.IndexedRecordReader(str(tmp_path / "n.idx"), str(mxnet191 / "raw.rec"))

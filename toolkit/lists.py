@@ -6,6 +6,7 @@ any-whitespace lines (the C++ im2rec style). Beyond MXNet: `classes.tsv` beside 
 from Kaggle-style file names (`cat.123.jpg`) and ImageNet devkit validation ground truth.
 """
 import os
+import re
 import random
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -178,6 +179,11 @@ def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Seque
     files = sorted(f for f in os.listdir(val_dir) if f.lower().endswith((".jpeg", ".jpg", ".png")))
     if len(files) != len(ids):
         raise UserError(f"{ground_truth}: {len(ids)} labels but {len(files)} images in {val_dir}")
+    for k, name in enumerate(files, 1):  # line k of the ground truth is ILSVRC2012_val_%08d k
+        number = re.match(r"ILSVRC2012_val_(\d{8})\.", name)
+        if number and int(number.group(1)) != k:
+            raise UserError(f"{os.path.join(val_dir, name)} is image {k} of {val_dir}: expected "
+                            f"ILSVRC2012_val_{1:08d} to ILSVRC2012_val_{len(ids):08d} and no other images")
     if id_wnids is not None and classes is not None:
         label_of = {name: i for i, name in enumerate(classes)}
         missing = sorted({id_wnids[k - 1] for k in ids} - set(label_of))
@@ -191,7 +197,7 @@ def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Seque
 
 def read_id_wnids(path: str) -> List[str]:
     """The wnid of each ILSVRC2012_ID (line k = ID k): `n01440764` per line (more fields ignored)."""
-    wnids = []
+    wnids, line_of = [], {}
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             fields = line.split()
@@ -199,6 +205,10 @@ def read_id_wnids(path: str) -> List[str]:
                 continue
             if not (len(fields[0]) == 9 and fields[0][0] == "n" and fields[0][1:].isdigit()):
                 raise UserError(f"{path}:{lineno}: expected a wnid such as n01440764 first, got {line.strip()!r}")
+            if fields[0] in line_of:  # a per-image list (one wnid per validation image), say
+                raise UserError(f"{path}: {fields[0]} on lines {line_of[fields[0]]} and {lineno}: expected "
+                                "one wnid per ILSVRC2012_ID (line k = ID k, from the devkit's data/meta.mat)")
+            line_of[fields[0]] = lineno
             wnids.append(fields[0])
     return wnids
 
@@ -213,10 +223,6 @@ def imagenet_val_list(val_dir: str, ground_truth: str, id_wnids: Optional[str], 
                         "give --imagenet-id-wnids FILE (the wnid of each ILSVRC2012_ID, line k = ID k, "
                         "from the devkit's data/meta.mat)")
     wnids = read_id_wnids(id_wnids)
-    if classes_tsv:
-        classes, order = read_classes(classes_tsv), classes_tsv
-    else:
-        classes, order = sorted(set(wnids)), f"the sorted wnids of {id_wnids}"
     try:
         with open(ground_truth) as f:
             ids = [int(x) for x in f.read().split()]
@@ -224,4 +230,9 @@ def imagenet_val_list(val_dir: str, ground_truth: str, id_wnids: Optional[str], 
         raise UserError(f"{ground_truth}: expected one ILSVRC2012_ID (an integer) per line ({exc})") from None
     if ids and not 1 <= min(ids) <= max(ids) <= len(wnids):
         raise UserError(f"{ground_truth}: IDs run {min(ids)}..{max(ids)} but {id_wnids} lists {len(wnids)} wnids")
+    if classes_tsv:
+        classes, order = read_classes(classes_tsv), classes_tsv
+    else:  # IDs 1..1000 of meta.mat's 1860 are the leaves (the train folders); the rest, internal nodes
+        top = max(ids, default=len(wnids))
+        classes, order = sorted(wnids[:top]), f"the sorted wnids of IDs 1..{top} of {id_wnids}"
     return imagenet_val_items(val_dir, ground_truth, wnids, classes), order

@@ -299,6 +299,10 @@ class IndexedRecordReader(RecordReader):
         self.idx_path = idx_path
         self.keys, self.offsets = read_index_arrays(idx_path)
         self._position_of = None
+        if len(self.offsets) and int(self.offsets.min()) < 0:
+            bad = int(np.argmax(self.offsets < 0))
+            raise RecordIOError(f"{idx_path}:{bad + 1}: offset {int(self.offsets[bad])} is negative; "
+                                "rebuild it with: tools/im2rec.py --verify --fix-index PREFIX")
         if len(self.offsets) and int(self.offsets.max()) >= self.size:
             bad = int(np.argmax(self.offsets >= self.size))
             raise RecordIOError(f"{idx_path}:{bad + 1}: offset {int(self.offsets[bad])} points past "

@@ -14,6 +14,7 @@ backend uses, seeded by (seed, epoch, position); DALI decodes only that window
 nothing but (seed, epoch, position): a resumed epoch is bit-identical to the uninterrupted one, and
 both backends crop, flip and light each sample alike (pixels differ by the decoders' and resizers'
 rounding). EXIF orientation is applied by DALI's decoder; the window is drawn on the oriented size.
+GIFs, which DALI does not decode, reach it as lossless BMPs of OpenCV's decode (`for_dali`).
 Colour jitter and ten-crop are torch-only (`choose_backend` falls back to torch for them).
 
 The pipeline lives across epochs and is rebuilt only when set_epoch does not continue it (a resume,
@@ -21,8 +22,9 @@ an abandoned epoch); between epochs it stays idle. The "mixed" decode and the so
 workers on GPUs share all their logic with the CPU path the tests run; unverified on GPU.
 
 The label of a record is `recordio.first_label`: the first label of a multi-label record.
-A record DALI cannot decode stops the run with DALI's message (DALI cannot substitute a sample); use
-`--loader torch`, which logs and replaces corrupt records, or repair the shard.
+A record DALI cannot decode stops the run with one line naming it (DALI cannot substitute or leave out
+a sample); use `--loader torch`, which replaces corrupt records in training and leaves them out of
+evaluation, naming them, or repair the shard.
 """
 import hashlib
 import io
@@ -81,6 +83,24 @@ def image_size(payload: bytes):
     return (width, height) if orientation in _EXIF_SWAPS else (height, width)
 
 
+_GIF = (b"GIF87a", b"GIF89a")
+
+
+def for_dali(payload: bytes) -> bytes:
+    """The image bytes DALI's decoder takes: a GIF (im2rec --pass-through stores them; nvImageCodec
+    has no GIF codec) re-encoded as a lossless BMP of OpenCV's decode (its first frame, as MXNet's
+    ImageRecordIter sees it); anything else as it is. GIFs are rare: the cost is theirs alone."""
+    if payload[:6] not in _GIF:
+        return payload
+    import cv2
+    from toolkit.data.decode import decode_opencv
+    try:
+        rgb = decode_opencv(payload).permute(1, 2, 0).numpy()
+    except ValueError:  # not decodable at all: DALI says so
+        return payload
+    return cv2.imencode(".bmp", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
 class BatchSource:
     """The external source: BatchInfo -> one batch's encoded images, labels and augmentation draws.
 
@@ -106,14 +126,16 @@ class BatchSource:
         if self.batches.train:  # evaluation's order does not depend on the epoch
             self.batches.set_epoch(self.epoch0 + info.epoch_idx)
         items = self.batches.batch(b)
-        encoded, labels = [], np.empty(len(items), np.int64)
+        payloads, labels = [], np.empty(len(items), np.int64)
         for k, (i, _, _) in enumerate(items):
             header, payload = recordio.unpack(self.records.read(i))
-            encoded.append(np.frombuffer(payload, np.uint8))
+            payloads.append(for_dali(payload))
             labels[k] = int(recordio.first_label(header.label))
+        encoded = [np.frombuffer(p, np.uint8) for p in payloads]
         if self.crop is None:
             return encoded, labels
-        return (encoded, labels, *self.draws(items, encoded))
+        # the draws read the headers from the bytes: `b"Exif" in` a numpy array is never true
+        return (encoded, labels, *self.draws(items, payloads))
 
     def draws(self, items, encoded):
         """Per sample, as TrainTransform and RecordDataset draw them: crop start (x, y) and shape
@@ -233,16 +255,37 @@ class DaliLoader:
         if live[3]:  # reset only now: between epochs the pipeline stays idle (no thread busy when,
             live[0].reset()  # say, a DataLoader forks its workers), then prefetches this epoch
             live[3] = False
+        b = self.start
         try:
             for out in live[0]:
                 x, y = out[0]["images"], out[0]["labels"]
                 x = x.to(self.device, non_blocking=True)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                b += 1
                 yield x.to(self.dtype), y.view(-1).to(self.device, torch.int64)
             finished = True
+        except RuntimeError:
+            self.name_undecodable(b)  # DALI's message names no record: one line that does
+            raise
         finally:
             if finished:  # the pipeline goes on with the next epoch
                 live[2], live[3] = live[2] + 1, True
             elif self._live is live:  # abandoned mid-epoch: rebuilt on the next iteration
                 self._live = None
+
+    def name_undecodable(self, b: int):
+        """After DALI stopped: a UserError naming the first record of batches b.. (those it was reading
+        or prefetching) that OpenCV cannot decode either; nothing when every one decodes."""
+        from toolkit.data.decode import decode
+        from toolkit.errors import UserError
+        if self.train:
+            self.batches.set_epoch(self.epoch)
+        for k in range(b, min(b + 8, len(self.batches))):
+            for i, _, _ in self.batches.batch(k):
+                try:
+                    decode(for_dali(recordio.unpack(self.records.read(i))[1]))
+                except Exception as exc:
+                    raise UserError(f"{self.records.where(i)}: not an image ({exc}); DALI stops on it: "
+                                    "--loader torch leaves it out of evaluation (and replaces it in "
+                                    "training) and names it, or repair the shard") from None

@@ -38,9 +38,7 @@ def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
     if not os.path.isdir(data_dir):
         raise UserError(f"{data_dir}: dataset folder not found (make one with tools/im2rec.py, "
                         "or leave out --data to use the toy dataset)")
-    recs = sorted(p for p in glob.glob(os.path.join(data_dir, "*.rec"))
-                  if _split_base(os.path.basename(p)) == split
-                  or _split_base(os.path.basename(p)).endswith("_" + split))
+    recs = _split_recs(data_dir, split)
     if not recs:
         found = sorted({_split_base(os.path.basename(p)) for p in glob.glob(os.path.join(data_dir, "*.rec"))})
         raise UserError(f"{data_dir}: no .rec files for split {split!r} (found: {', '.join(found) or 'none'}); "
@@ -53,6 +51,18 @@ def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
                             "(rebuild it with: tools/im2rec.py --verify --fix-index PREFIX)")
         pairs.append((rec, idx))
     return pairs
+
+
+def _split_recs(data_dir: str, split: str) -> List[str]:
+    return sorted(p for p in glob.glob(os.path.join(data_dir, "*.rec"))
+                  if _split_base(os.path.basename(p)) == split
+                  or _split_base(os.path.basename(p)).endswith("_" + split))
+
+
+def has_split(data_dir: str, split: str) -> bool:
+    """Does a .rec of the split exist? (A missing .idx beside it is split_files' one-line error, not
+    a split that is absent: a run must not go on without its validation.)"""
+    return bool(_split_recs(data_dir, split))
 
 
 def _mean_std(data_dir: str):

@@ -11,8 +11,7 @@ import tempfile
 import numpy as np
 import torch
 
-from toolkit.data.discovery import (check_labels, dataset_info, header_labels, open_split,
-                                    split_files)
+from toolkit.data.discovery import check_labels, dataset_info, has_split, header_labels, open_split
 from toolkit.engine import dist
 from toolkit.engine.config import TrainConfig, override
 from toolkit.errors import UserError
@@ -83,7 +82,7 @@ def settle_num_classes(cfg: TrainConfig, env, log) -> TrainConfig:
             n = max(int(finite.max()) + 1 if len(finite) else 1, 1)
             derived.append(n)
         check_labels(train, n, labels, fix=_fix(cfg, info, n, labels))
-        if _has_split(cfg.data, cfg.val_split):
+        if has_split(cfg.data, cfg.val_split):
             val = open_split(cfg.data, cfg.val_split)
             val_labels = header_labels(val)
             check_labels(val, n, val_labels, fix=_fix(cfg, info, n, val_labels, cfg.val_split))
@@ -103,14 +102,6 @@ def check_eval_labels(data: str, split: str, num_classes: int, checkpoint: str, 
         check_labels(records, num_classes, fix=f"{checkpoint} was trained for {num_classes} classes; "
                      "evaluate it on the dataset it was trained on (--data), or fix the labels")
     on_main(env, check)
-
-
-def _has_split(data: str, split: str) -> bool:
-    try:
-        split_files(data, split)
-        return True
-    except UserError:
-        return False
 
 
 def _fix(cfg, info, n, labels, split=None) -> str:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from toolkit import mxlog
-from toolkit.data import build_loader, split_files
+from toolkit.data import build_loader
+from toolkit.data.discovery import has_split
 from toolkit.data.sampler import DROPOUT, sample_seed
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.config import TrainConfig
@@ -56,9 +57,7 @@ def make_loaders(cfg: TrainConfig, env):
     train = build_loader(cfg.data, cfg.train_split, train=True, batch_size=cfg.batch_size,
                          min_scale=cfg.min_crop_scale, color_jitter=cfg.color_jitter,
                          pca_lighting=cfg.pca_lighting, **_loader_args(cfg, env))
-    try:
-        split_files(cfg.data, cfg.val_split)
-    except UserError:
+    if not has_split(cfg.data, cfg.val_split):
         return train, None
     return train, make_eval_loader(cfg, env, backend=train.backend)  # validation decodes as training
 
