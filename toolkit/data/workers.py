@@ -8,9 +8,11 @@ out of memory) or gives no batch within the bound ends the run with one line nam
 """
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import signal
 import sys
+import time
 
 import torch
 
@@ -59,12 +61,25 @@ def next_batch(it, timeout: float):
                 raise RuntimeError(f"DataLoader timed out after {waited:g} seconds") from None
 
 
+# seconds: one stop request delivered twice (SLURM signals every process of the step, and torchrun
+# forwards its own copy to each rank's process group): toolkit/engine/signals.py treats it alike
+DUPLICATE = 0.5
+_first_sigterm_at = []
+
+
 def _first_sigterm(_signum, _frame):
     """A SIGTERM to the whole process group (SLURM's preemption, `kill -TERM -- -PGID`) reaches the
     workers too: the training process stops at the end of the step and writes a checkpoint, which
-    needs its workers alive until then (they end with the loader). A second SIGTERM (terminate() of
-    a worker that did not end when asked: DataLoader's, then multiprocessing's at exit) ends it."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    needs its workers alive until then (they end with the loader). Under torchrun the same request
+    comes twice within milliseconds (SLURM's and torchrun's): both are let pass. A SIGTERM after
+    that (terminate() of a worker that did not end when asked: DataLoader's, then multiprocessing's
+    at exit, or a person's second Ctrl-C) ends it."""
+    now = time.monotonic()
+    if not _first_sigterm_at:
+        _first_sigterm_at.append(now)
+    elif now - _first_sigterm_at[0] > DUPLICATE:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 _TIMEOUT = re.compile(r"DataLoader timed out after ([\d.]+) seconds")
