@@ -79,6 +79,19 @@ def image_size(payload: bytes):
     return (width, height) if orientation in _EXIF_SWAPS else (height, width)
 
 
+_in_worker = []
+
+
+def _worker_setup():
+    """DALI's worker processes share the training process's group, which torchrun and SLURM signal
+    whole and a terminal's Ctrl-C reaches: they must outlive a stop request as the torch backend's
+    workers do (a forked one would otherwise run the training process's stop handler, a spawned one
+    die of KeyboardInterrupt, and the pipeline then wait for it without end)."""
+    from toolkit.data.workers import worker_signals
+    worker_signals()
+    _in_worker.append(True)
+
+
 class BatchSource:
     """The external source: BatchInfo -> one batch's encoded images, labels and augmentation draws.
 
@@ -90,8 +103,11 @@ class BatchSource:
                  pca_std: float, epoch0: int, start0: int):
         self.records, self.batches, self.crop, self.seed = records, batches, crop, seed
         self.pca_std, self.epoch0, self.start0 = pca_std, epoch0, start0
+        self.owner = os.getpid()  # the training process; DALI's workers (parallel=True) are others
 
     def __call__(self, info):
+        if os.getpid() != self.owner and not _in_worker:  # first call in one of DALI's workers
+            _worker_setup()
         b = info.iteration + (self.start0 if info.epoch_idx == 0 else 0)
         if b >= len(self.batches):
             raise StopIteration

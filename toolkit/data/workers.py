@@ -27,8 +27,7 @@ def worker_init(_worker_id):
     (toolkit/engine/signals.py). A worker ended by the group's SIGTERM would fail the stop's last
     steps, so the first SIGTERM is ignored and a second one (DataLoader's terminate()) ends it."""
     import cv2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _first_sigterm)
+    worker_signals()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
@@ -59,6 +58,14 @@ def next_batch(it, timeout: float):
             waited += step
             if waited >= timeout:
                 raise RuntimeError(f"DataLoader timed out after {waited:g} seconds") from None
+
+
+def worker_signals():
+    """A loader worker's signals (DALI's workers too): Ctrl-C and a hang-up are the training
+    process's to handle, a first SIGTERM is let pass (_first_sigterm)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _first_sigterm)
 
 
 # seconds: one stop request delivered twice (SLURM signals every process of the step, and torchrun
