@@ -455,3 +455,16 @@ def test_the_printed_resume_command_gives_torchrun_the_processes_per_node(monkey
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.delenv("GROUP_WORLD_SIZE")
     assert resume_command(c, DistEnv(0, 0, 1, torch.device("cpu"))) == "tools/resume.py --prefix r50"
+
+
+def test_a_checkpoints_folder_named_with_glob_characters_is_read_as_named(tmp_path):
+    """`--checkpoints-dir runs/[2024]`: the folder's name is a name, not a pattern (else its run is
+    not found, and a fresh run with the same prefix overwrites it)."""
+    from toolkit.engine import branches
+    d = str(tmp_path / "ck[2024]*")
+    for e, b in [(1, 0), (2, 0), (2, 5)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "r", e, b), {"epoch": e, "batch": b})
+    assert sorted(checkpoint.list_checkpoints(d)["r"]) == [(1, 0), (2, 0), (2, 5)]
+    assert checkpoint.find(d, None, None).endswith("r-0002-b000005.pt")
+    folder = branches.start_branch(d, "r", (1, 0))
+    assert branches.branch_folders(d, "r") == [folder] and "r-0002-b000005.pt" in branches.listing(d, "r")

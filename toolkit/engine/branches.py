@@ -49,7 +49,7 @@ def start_branch(directory: str, prefix: str, position: Tuple[int, int], now=Non
 
 def branch_folders(directory: str, prefix: str) -> List[str]:
     """The abandoned branches of a run, oldest first."""
-    return sorted(p for p in glob.glob(os.path.join(directory, glob.escape(prefix + ABANDONED) + "*"))
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix + ABANDONED) + "*"))
                   if os.path.isdir(p))
 
 

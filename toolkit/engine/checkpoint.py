@@ -87,7 +87,7 @@ def load(path: str) -> dict:
 def list_checkpoints(directory: str, prefix: Optional[str] = None) -> Dict[str, Dict[Tuple[int, int], str]]:
     """{prefix: {(epoch, batch): path}} of the checkpoints in `directory`."""
     out: Dict[str, Dict[Tuple[int, int], str]] = {}
-    for path in glob.glob(os.path.join(directory, "*.pt")):
+    for path in glob.glob(os.path.join(glob.escape(directory), "*.pt")):
         m = _NAME.match(os.path.basename(path))
         if m and (prefix is None or m["prefix"] == prefix):
             out.setdefault(m["prefix"], {})[(int(m["epoch"]), int(m["batch"] or 0))] = path
