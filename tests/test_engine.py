@@ -468,3 +468,14 @@ def test_a_checkpoints_folder_named_with_glob_characters_is_read_as_named(tmp_pa
     assert checkpoint.find(d, None, None).endswith("r-0002-b000005.pt")
     folder = branches.start_branch(d, "r", (1, 0))
     assert branches.branch_folders(d, "r") == [folder] and "r-0002-b000005.pt" in branches.listing(d, "r")
+
+
+def test_the_printed_resume_command_can_be_pasted_into_a_shell(monkeypatch):
+    import shlex
+    from toolkit.engine.dist import DistEnv
+    from toolkit.engine.run import resume_command
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("GROUP_WORLD_SIZE", raising=False)
+    c = make_config("resnet50", prefix="r50 (lr 0.1)", checkpoints_dir="/scratch/my runs/ck")
+    words = shlex.split(resume_command(c, DistEnv(0, 0, 1, torch.device("cpu"))))
+    assert words == ["tools/resume.py", "--prefix", "r50 (lr 0.1)", "--checkpoints-dir", "/scratch/my runs/ck"]
