@@ -479,3 +479,20 @@ def test_the_printed_resume_command_can_be_pasted_into_a_shell(monkeypatch):
     c = make_config("resnet50", prefix="r50 (lr 0.1)", checkpoints_dir="/scratch/my runs/ck")
     words = shlex.split(resume_command(c, DistEnv(0, 0, 1, torch.device("cpu"))))
     assert words == ["tools/resume.py", "--prefix", "r50 (lr 0.1)", "--checkpoints-dir", "/scratch/my runs/ck"]
+
+
+def test_stops_of_one_epoch_at_two_global_batch_sizes_are_ordered_by_where_they_stand(tmp_path):
+    """A resume on more GPUs (or a larger --batch-size) numbers its batches in larger units: a stop
+    at 550 of 625 batches is later than the one it resumed from at 1000 of 1250. A plain resume
+    takes the later one, and resuming from it starts no branch."""
+    from toolkit.engine import branches
+    d = str(tmp_path)
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3), {"epoch": 3, "batch": 0, "position": 3.0})
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3, 1000), {"epoch": 3, "batch": 1000, "position": 3.8})
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3, 550), {"epoch": 3, "batch": 550, "position": 3.88})
+    assert checkpoint.find(d, None, None).endswith("r-0003-b000550.pt")
+    assert branches.start_branch(d, "r", (3, 550)) is None
+    rows = branches.table(d, "r")
+    assert [r["batch"] for r in rows] == [0, 1000, 550]
+    folder = branches.start_branch(d, "r", (3, 1000))  # going back to the earlier stop: a branch
+    assert os.listdir(folder) == ["r-0003-b000550.pt"]

@@ -24,7 +24,10 @@ ABANDONED = ".abandoned-"
 def later_checkpoints(directory: str, prefix: str, position: Tuple[int, int]) -> List[str]:
     """The current branch's checkpoints after `position` (completed epochs, batch)."""
     found = checkpoint.list_checkpoints(directory, prefix).get(prefix, {})
-    return [found[k] for k in sorted(found) if k > position]
+    keys = checkpoint.ordered(found)
+    if position in found:
+        return [found[k] for k in keys[keys.index(position) + 1:]]
+    return [found[k] for k in keys if k > position]
 
 
 def start_branch(directory: str, prefix: str, position: Tuple[int, int], now=None) -> Optional[str]:
@@ -80,7 +83,7 @@ def describe(path: str) -> dict:
 
 def table(directory: str, prefix: str) -> List[dict]:
     found = checkpoint.list_checkpoints(directory, prefix).get(prefix, {})
-    return [describe(found[k]) for k in sorted(found)]
+    return [describe(found[k]) for k in checkpoint.ordered(found)]
 
 
 def _cell(v, fmt: str = "{:.5g}") -> str:
