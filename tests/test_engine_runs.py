@@ -1,5 +1,6 @@
 """Training runs end to end on CPU (Gloo): exact Ctrl-C-and-resume with 1 and 2 processes, DDP vs
 one process, a two-"node" torchrun rendezvous, resume with a new LR, NaN, and MXNet's parse_log.py."""
+import contextlib
 import os
 import re
 import shutil
@@ -454,3 +455,43 @@ def test_ctrl_c_with_dali_workers_ends_with_a_checkpoint(data, tmp_path):
             proc.wait()
     assert proc.returncode == 130 and "Stopped at Epoch[0] Batch [" in open(log).read(), out
     assert len(list((tmp_path / "ck").glob("d-0000-b*.pt"))) == 1
+
+
+def _descendants(pid):
+    children = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(p))
+        except OSError:
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def test_slurm_preemption_signals_every_process_and_the_stop_still_writes_its_checkpoint(data, tmp_path):
+    """SLURM's preemption sends SIGTERM to every process of the step: torchrun, the ranks and their
+    loader workers, which torchrun's forwarded copy then reaches a second time."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "tools/train.py",
+           *TINY, "--workers", "2", "--data", data, *dirs(tmp_path, "p"), "--epochs", "2"]
+    log = str(tmp_path / "logs" / "p.log")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        while not (os.path.exists(log) and re.search(r"Epoch\[0\] Batch \[2-3\]", open(log).read())):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.02)
+        for pid in _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Stopped at Epoch[0] Batch [" in open(log).read(), out
+    assert len(list((tmp_path / "ck").glob("p-0000-b*.pt"))) == 1
