@@ -496,3 +496,33 @@ def test_stops_of_one_epoch_at_two_global_batch_sizes_are_ordered_by_where_they_
     assert [r["batch"] for r in rows] == [0, 1000, 550]
     folder = branches.start_branch(d, "r", (3, 1000))  # going back to the earlier stop: a branch
     assert os.listdir(folder) == ["r-0003-b000550.pt"]
+
+
+def test_a_stop_signal_during_the_move_to_a_branch_waits_until_every_file_moved(tmp_path, monkeypatch):
+    """A resume's first Ctrl-C exits at once (nothing trained yet): arriving while the later
+    checkpoints move, it must not leave half of them behind, where a plain resume would pick them."""
+    from toolkit.engine import branches
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    d = str(tmp_path)
+    for e, b in [(1, 0), (2, 0), (3, 0), (3, 4)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "r", e, b), {"epoch": e, "batch": b})
+    replace = os.replace
+
+    def replace_and_signal(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)
+        replace(src, dst)
+    previous = signal.signal(signal.SIGINT, handler)
+    monkeypatch.setattr(os, "replace", replace_and_signal)
+    try:
+        with pytest.raises(Interrupted):
+            branches.start_branch(d, "r", (1, 0))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        monkeypatch.undo()
+    assert sorted(n for n in os.listdir(d) if n.endswith(".pt")) == ["r-0001.pt"]
