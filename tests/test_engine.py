@@ -526,3 +526,30 @@ def test_a_stop_signal_during_the_move_to_a_branch_waits_until_every_file_moved(
         signal.signal(signal.SIGINT, previous)
         monkeypatch.undo()
     assert sorted(n for n in os.listdir(d) if n.endswith(".pt")) == ["r-0001.pt"]
+
+
+def test_a_stop_seen_at_an_epochs_last_step_ends_with_that_epochs_checkpoint_not_a_stop_at_its_end(tmp_path):
+    """Asked during the next-to-last step, the stop is seen (one step late) at the last one: the
+    epoch is done, so its checkpoint is PREFIX-0001.pt (validation skipped), not PREFIX-0000-b000005.pt."""
+    import logging
+    from toolkit.benchmarks.train import SyntheticLoader, make_batches
+    from toolkit.engine import dist
+    from toolkit.engine.trainer import Trainer
+
+    class StopAtStep:
+        def __init__(self, step):
+            self.reads, self.step = 0, step
+
+        @property
+        def requested(self):
+            self.reads += 1
+            return self.reads >= self.step
+
+    c = make_config("resnet20", batch_size=4, epochs=3, num_classes=10, data="synthetic",
+                    checkpoints_dir=str(tmp_path), prefix="s")
+    env = dist.setup()
+    loader = SyntheticLoader(make_batches(c, env.device), steps=5)
+    trainer = Trainer(c, env, logging.getLogger("test"), stop=StopAtStep(4), loaders=(loader, None))
+    result = trainer.fit()
+    assert result["stopped"] and (result["epoch"], result["batch"]) == (1, 0)
+    assert sorted(os.listdir(tmp_path)) == ["s-0001.pt"]
