@@ -455,3 +455,101 @@ def test_the_printed_resume_command_gives_torchrun_the_processes_per_node(monkey
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.delenv("GROUP_WORLD_SIZE")
     assert resume_command(c, DistEnv(0, 0, 1, torch.device("cpu"))) == "tools/resume.py --prefix r50"
+
+
+def test_a_checkpoints_folder_named_with_glob_characters_is_read_as_named(tmp_path):
+    """`--checkpoints-dir runs/[2024]`: the folder's name is a name, not a pattern (else its run is
+    not found, and a fresh run with the same prefix overwrites it)."""
+    from toolkit.engine import branches
+    d = str(tmp_path / "ck[2024]*")
+    for e, b in [(1, 0), (2, 0), (2, 5)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "r", e, b), {"epoch": e, "batch": b})
+    assert sorted(checkpoint.list_checkpoints(d)["r"]) == [(1, 0), (2, 0), (2, 5)]
+    assert checkpoint.find(d, None, None).endswith("r-0002-b000005.pt")
+    folder = branches.start_branch(d, "r", (1, 0))
+    assert branches.branch_folders(d, "r") == [folder] and "r-0002-b000005.pt" in branches.listing(d, "r")
+
+
+def test_the_printed_resume_command_can_be_pasted_into_a_shell(monkeypatch):
+    import shlex
+    from toolkit.engine.dist import DistEnv
+    from toolkit.engine.run import resume_command
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("GROUP_WORLD_SIZE", raising=False)
+    c = make_config("resnet50", prefix="r50 (lr 0.1)", checkpoints_dir="/scratch/my runs/ck")
+    words = shlex.split(resume_command(c, DistEnv(0, 0, 1, torch.device("cpu"))))
+    assert words == ["tools/resume.py", "--prefix", "r50 (lr 0.1)", "--checkpoints-dir", "/scratch/my runs/ck"]
+
+
+def test_stops_of_one_epoch_at_two_global_batch_sizes_are_ordered_by_where_they_stand(tmp_path):
+    """A resume on more GPUs (or a larger --batch-size) numbers its batches in larger units: a stop
+    at 550 of 625 batches is later than the one it resumed from at 1000 of 1250. A plain resume
+    takes the later one, and resuming from it starts no branch."""
+    from toolkit.engine import branches
+    d = str(tmp_path)
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3), {"epoch": 3, "batch": 0, "position": 3.0})
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3, 1000), {"epoch": 3, "batch": 1000, "position": 3.8})
+    checkpoint.save(checkpoint.checkpoint_path(d, "r", 3, 550), {"epoch": 3, "batch": 550, "position": 3.88})
+    assert checkpoint.find(d, None, None).endswith("r-0003-b000550.pt")
+    assert branches.start_branch(d, "r", (3, 550)) is None
+    rows = branches.table(d, "r")
+    assert [r["batch"] for r in rows] == [0, 1000, 550]
+    folder = branches.start_branch(d, "r", (3, 1000))  # going back to the earlier stop: a branch
+    assert os.listdir(folder) == ["r-0003-b000550.pt"]
+
+
+def test_a_stop_signal_during_the_move_to_a_branch_waits_until_every_file_moved(tmp_path, monkeypatch):
+    """A resume's first Ctrl-C exits at once (nothing trained yet): arriving while the later
+    checkpoints move, it must not leave half of them behind, where a plain resume would pick them."""
+    from toolkit.engine import branches
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    d = str(tmp_path)
+    for e, b in [(1, 0), (2, 0), (3, 0), (3, 4)]:
+        checkpoint.save(checkpoint.checkpoint_path(d, "r", e, b), {"epoch": e, "batch": b})
+    replace = os.replace
+
+    def replace_and_signal(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)
+        replace(src, dst)
+    previous = signal.signal(signal.SIGINT, handler)
+    monkeypatch.setattr(os, "replace", replace_and_signal)
+    try:
+        with pytest.raises(Interrupted):
+            branches.start_branch(d, "r", (1, 0))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        monkeypatch.undo()
+    assert sorted(n for n in os.listdir(d) if n.endswith(".pt")) == ["r-0001.pt"]
+
+
+def test_a_stop_seen_at_an_epochs_last_step_ends_with_that_epochs_checkpoint_not_a_stop_at_its_end(tmp_path):
+    """Asked during the next-to-last step, the stop is seen (one step late) at the last one: the
+    epoch is done, so its checkpoint is PREFIX-0001.pt (validation skipped), not PREFIX-0000-b000005.pt."""
+    import logging
+    from toolkit.benchmarks.train import SyntheticLoader, make_batches
+    from toolkit.engine import dist
+    from toolkit.engine.trainer import Trainer
+
+    class StopAtStep:
+        def __init__(self, step):
+            self.reads, self.step = 0, step
+
+        @property
+        def requested(self):
+            self.reads += 1
+            return self.reads >= self.step
+
+    c = make_config("resnet20", batch_size=4, epochs=3, num_classes=10, data="synthetic",
+                    checkpoints_dir=str(tmp_path), prefix="s")
+    env = dist.setup()
+    loader = SyntheticLoader(make_batches(c, env.device), steps=5)
+    trainer = Trainer(c, env, logging.getLogger("test"), stop=StopAtStep(4), loaders=(loader, None))
+    result = trainer.fit()
+    assert result["stopped"] and (result["epoch"], result["batch"]) == (1, 0)
+    assert sorted(os.listdir(tmp_path)) == ["s-0001.pt"]

@@ -1,5 +1,6 @@
 """Training runs end to end on CPU (Gloo): exact Ctrl-C-and-resume with 1 and 2 processes, DDP vs
 one process, a two-"node" torchrun rendezvous, resume with a new LR, NaN, and MXNet's parse_log.py."""
+import contextlib
 import os
 import re
 import shutil
@@ -432,3 +433,65 @@ def test_going_back_to_an_earlier_epoch_starts_a_branch_and_a_plain_resume_conti
     assert list(parsed.epochs.index) == [0, 1, 2, 3, 4] and parsed.epochs["val-accuracy"].notna().all()
     assert [(r.epoch, r.lr) for r in parsed.resumes][:1] == [(2, 0.01)]
     assert "a new branch" in parsed.resumes[0].source
+
+
+def test_ctrl_c_with_dali_workers_ends_with_a_checkpoint(data, tmp_path):
+    """A terminal's Ctrl-C reaches DALI's worker processes too (`--loader dali --workers 4`: the
+    external source in a worker of DALI's): they must live on until the stop's checkpoint."""
+    cmd = [sys.executable, "tools/train.py", *TINY, "--workers", "4", "--loader", "dali", "--data", data,
+           *dirs(tmp_path, "d"), "--epochs", "2"]
+    log = str(tmp_path / "logs" / "d.log")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        while not (os.path.exists(log) and re.search(r"Epoch\[0\] Batch \[2-3\]", open(log).read())):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "Stopped at Epoch[0] Batch [" in open(log).read(), out
+    assert len(list((tmp_path / "ck").glob("d-0000-b*.pt"))) == 1
+
+
+def _descendants(pid):
+    children = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(p))
+        except OSError:
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def test_slurm_preemption_signals_every_process_and_the_stop_still_writes_its_checkpoint(data, tmp_path):
+    """SLURM's preemption sends SIGTERM to every process of the step: torchrun, the ranks and their
+    loader workers, which torchrun's forwarded copy then reaches a second time."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "tools/train.py",
+           *TINY, "--workers", "2", "--data", data, *dirs(tmp_path, "p"), "--epochs", "2"]
+    log = str(tmp_path / "logs" / "p.log")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        while not (os.path.exists(log) and re.search(r"Epoch\[0\] Batch \[2-3\]", open(log).read())):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.02)
+        for pid in _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "Stopped at Epoch[0] Batch [" in open(log).read(), out
+    assert len(list((tmp_path / "ck").glob("p-0000-b*.pt"))) == 1

@@ -174,6 +174,7 @@ def test_a_sigterm_to_the_process_group_leaves_the_workers_to_finish_the_step(da
     for w in workers:
         os.kill(w.pid, signal.SIGTERM)
     assert len(list(it)) == len(loader) - 1  # the epoch goes on, every batch
+    time.sleep(1.0)  # a SIGTERM within DUPLICATE s of the first is the same request (next test)
     os.kill(workers[0].pid, signal.SIGTERM)
     assert multiprocessing.connection.wait([workers[0].sentinel], timeout=20)
 
@@ -279,3 +280,24 @@ def test_a_rank_that_stops_answering_ends_the_run_with_one_line(tmp_path):
     left = [p for p in everything if os.path.exists(f"/proc/{p}") and
             open(f"/proc/{p}/stat").read().split()[2] != "Z"]
     assert not left, f"processes left behind: {left}"
+
+
+def test_slurm_and_torchrun_sigterms_together_leave_the_workers_to_finish_the_step(data_dir):
+    """Under torchrun, SLURM's preemption reaches a worker twice within milliseconds: SLURM's own
+    SIGTERM and torchrun's forwarded one. That is one request: the workers must outlive both; a
+    SIGTERM later than that (DataLoader's terminate()) still ends them."""
+    import multiprocessing.connection
+    loader = _loader(data_dir, timeout=60)
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    workers = loader.loader._iterator._workers
+    for w in workers:
+        os.kill(w.pid, signal.SIGTERM)
+    time.sleep(0.1)  # torchrun's forward comes after SLURM's has been handled
+    for w in workers:
+        os.kill(w.pid, signal.SIGTERM)
+    assert len(list(it)) == len(loader) - 1  # the epoch goes on, every batch
+    time.sleep(1.0)
+    os.kill(workers[0].pid, signal.SIGTERM)
+    assert multiprocessing.connection.wait([workers[0].sentinel], timeout=20)

@@ -222,7 +222,8 @@ def journal_row(prefix: str, logs_dir: str, checkpoints_dir: str) -> dict:
     log = os.path.join(logs_dir, prefix + ".log")
     found = checkpoints(checkpoints_dir, prefix).get(prefix, {})
     facts = log_facts(log)
-    newest = found[max(found)] if found else None
+    from toolkit.engine.checkpoint import ordered
+    newest = found[ordered(found)[-1]] if found else None  # as tools/resume.py chooses
     saved = checkpoint_config(newest) if newest and newest.endswith(".pt") else {}
     config = facts.config or saved.get("config") or {}
     row = {"prefix": prefix, "recipe": config.get("recipe", ""), "flags": flags_from_defaults(config) if config else "",

@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 import torch
 
@@ -27,10 +28,9 @@ def worker_init(_worker_id):
     SIGTERM are the training process's to handle (the workers share its process group, which
     torchrun and SLURM signal whole): it stops cleanly, or on a second signal kills its workers
     (toolkit/engine/signals.py). A worker ended by the group's SIGTERM would fail the stop's last
-    steps, so the first SIGTERM is ignored and a second one (DataLoader's terminate()) ends it."""
+    steps, so the first SIGTERM (and its copy) is let pass and a later one ends it (worker_signals)."""
     import cv2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _first_sigterm)
+    worker_signals()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
@@ -63,12 +63,33 @@ def next_batch(it, timeout: float):
                 raise RuntimeError(f"DataLoader timed out after {waited:g} seconds") from None
 
 
+def worker_signals():
+    """A loader worker's signals (DALI's workers too): Ctrl-C and a hang-up are the training
+    process's to handle, a first SIGTERM is let pass (_first_sigterm)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _first_sigterm)
+
+
+# seconds: one stop request delivered twice (SLURM signals every process of the step, and torchrun
+# forwards its own copy to each rank's process group): toolkit/engine/signals.py treats it alike
+DUPLICATE = 0.5
+_first_sigterm_at = []
+
+
 def _first_sigterm(_signum, _frame):
     """A SIGTERM to the whole process group (SLURM's preemption, `kill -TERM -- -PGID`) reaches the
     workers too: the training process stops at the end of the step and writes a checkpoint, which
-    needs its workers alive until then (they end with the loader). A second SIGTERM (terminate() of
-    a worker that did not end when asked: DataLoader's, then multiprocessing's at exit) ends it."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    needs its workers alive until then (they end with the loader). Under torchrun the same request
+    comes twice within milliseconds (SLURM's and torchrun's): both are let pass. A SIGTERM after
+    that (terminate() of a worker that did not end when asked: DataLoader's, then multiprocessing's
+    at exit, or a person's second Ctrl-C) ends it."""
+    now = time.monotonic()
+    if not _first_sigterm_at:
+        _first_sigterm_at.append(now)
+    elif now - _first_sigterm_at[0] > DUPLICATE:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --- DALI's external-source workers (toolkit/data/dali_backend.py): the same rule by other means --------
@@ -103,19 +124,21 @@ def quiet_children():
 
 
 def serve_quietly():
-    """In a source worker: Ctrl-C and SIGHUP ignored; SIGTERM ends it GRACE s later (DALI ends its
-    workers with terminate() and then waits without a bound, so it must end them, and soon)."""
+    """In a source worker: the loader workers' rule (worker_signals), and the end GRACE s after the
+    first SIGTERM: DALI ends its workers with terminate() and then waits without a bound."""
     if threading.current_thread() is not threading.main_thread():
         return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    worker_signals()
     signal.signal(signal.SIGTERM, _grace_sigterm)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIET)
 
 
-def _grace_sigterm(_signum, _frame):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it now
-    signal.alarm(GRACE)  # SIGALRM's default action ends the process
+def _grace_sigterm(signum, frame):
+    """As a torch loader worker takes it (_first_sigterm), and in any case the end GRACE s after the
+    first (SIGALRM's default action)."""
+    if not _first_sigterm_at:
+        signal.alarm(GRACE)
+    _first_sigterm(signum, frame)
 
 
 def _forked():

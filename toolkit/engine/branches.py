@@ -7,10 +7,13 @@ plain resume continues the current branch (the newest checkpoint left in CKPT/),
 counts the current branch only. Each such folder is a checkpoints folder of its own:
 `tools/resume.py --checkpoints-dir CKPT/PREFIX.abandoned-.../` continues that branch there.
 """
+import contextlib
 import datetime
 import glob
 import math
 import os
+import signal
+import threading
 from typing import List, Optional, Tuple
 
 import torch
@@ -24,7 +27,10 @@ ABANDONED = ".abandoned-"
 def later_checkpoints(directory: str, prefix: str, position: Tuple[int, int]) -> List[str]:
     """The current branch's checkpoints after `position` (completed epochs, batch)."""
     found = checkpoint.list_checkpoints(directory, prefix).get(prefix, {})
-    return [found[k] for k in sorted(found) if k > position]
+    keys = checkpoint.ordered(found)
+    if position in found:
+        return [found[k] for k in keys[keys.index(position) + 1:]]
+    return [found[k] for k in keys if k > position]
 
 
 def start_branch(directory: str, prefix: str, position: Tuple[int, int], now=None) -> Optional[str]:
@@ -40,16 +46,39 @@ def start_branch(directory: str, prefix: str, position: Tuple[int, int], now=Non
         n += 1
         folder = f"{base}-{n}"
     os.makedirs(folder)
-    for path in later:
-        for src in (path, checkpoint.val_path(path)):
-            if os.path.exists(src):
-                os.replace(src, os.path.join(folder, os.path.basename(src)))
+    with _signals_held():  # a stop signal (exit at once before training) waits for the last rename
+        for path in later:
+            for src in (path, checkpoint.val_path(path)):
+                if os.path.exists(src):
+                    os.replace(src, os.path.join(folder, os.path.basename(src)))
     return folder
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP held back and delivered when the block ends (a signal mask would
+    not do: the signal goes to any thread that does not block it, and Python runs its handler in
+    the main thread at the next bytecode)."""
+    got = []
+    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    if threading.current_thread() is not threading.main_thread():
+        sigs = []
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
+    held = [sig for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
+    for sig in held:
+        signal.signal(sig, lambda signum, _frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for sig in held:
+            signal.signal(sig, previous[sig])
+        for signum in got:
+            signal.raise_signal(signum)
 
 
 def branch_folders(directory: str, prefix: str) -> List[str]:
     """The abandoned branches of a run, oldest first."""
-    return sorted(p for p in glob.glob(os.path.join(directory, glob.escape(prefix + ABANDONED) + "*"))
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix + ABANDONED) + "*"))
                   if os.path.isdir(p))
 
 
@@ -80,7 +109,7 @@ def describe(path: str) -> dict:
 
 def table(directory: str, prefix: str) -> List[dict]:
     found = checkpoint.list_checkpoints(directory, prefix).get(prefix, {})
-    return [describe(found[k]) for k in sorted(found)]
+    return [describe(found[k]) for k in checkpoint.ordered(found)]
 
 
 def _cell(v, fmt: str = "{:.5g}") -> str:

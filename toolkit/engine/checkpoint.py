@@ -13,7 +13,7 @@ import glob
 import json
 import os
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -87,11 +87,32 @@ def load(path: str) -> dict:
 def list_checkpoints(directory: str, prefix: Optional[str] = None) -> Dict[str, Dict[Tuple[int, int], str]]:
     """{prefix: {(epoch, batch): path}} of the checkpoints in `directory`."""
     out: Dict[str, Dict[Tuple[int, int], str]] = {}
-    for path in glob.glob(os.path.join(directory, "*.pt")):
+    for path in glob.glob(os.path.join(glob.escape(directory), "*.pt")):
         m = _NAME.match(os.path.basename(path))
         if m and (prefix is None or m["prefix"] == prefix):
             out.setdefault(m["prefix"], {})[(int(m["epoch"]), int(m["batch"] or 0))] = path
     return out
+
+
+def _position(path: str) -> float:
+    """Where a checkpoint stands in epochs (its `position`), read memory-mapped (no full load)."""
+    try:
+        return float(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["position"])
+    except Exception:  # unreadable or without it: oldest of its epoch
+        return -1.0
+
+
+def ordered(found: Dict[Tuple[int, int], str]) -> List[Tuple[int, int]]:
+    """The keys of list_checkpoints' {(epoch, batch): path}, oldest first. A stop's batch number is
+    in the batches of the run that wrote it: after a resume at another global batch size (more
+    GPUs, another --batch-size) two stops of one epoch count in different units, so the stops of
+    an epoch that has several are ordered by the position they hold."""
+    crowded = {e for e in {e for e, b in found if b} if sum(1 for k in found if k[0] == e and k[1]) > 1}
+
+    def key(k):
+        e, b = k
+        return (e, 0, 0.0) if not b else (e, 1, _position(found[k]) if e in crowded else b)
+    return sorted(found, key=key)
 
 
 def find(directory: str, prefix: Optional[str], epoch: Optional[int]) -> str:
@@ -107,7 +128,7 @@ def find(directory: str, prefix: Optional[str], epoch: Optional[int]) -> str:
         prefix = next(iter(runs))
     found = runs[prefix]
     if epoch is None:
-        return found[max(found)]
+        return found[ordered(found)[-1]]
     if (epoch, 0) not in found:
         epochs = sorted({e for e, b in found if b == 0})
         stops = sorted(f"{e}+{b} batches" for e, b in found if b)

@@ -7,6 +7,7 @@ returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoi
 import functools
 import json
 import os
+import shlex
 import socket
 import sys
 import time
@@ -45,9 +46,9 @@ def resume_command(cfg: TrainConfig, env) -> str:
                     "--rdzv-endpoint=HOST:PORT --rdzv-id=ID ")
     elif env.world > 1:
         launcher = f"torchrun --nproc_per_node={local} "
-    extra = f" --checkpoints-dir {cfg.checkpoints_dir}" if cfg.checkpoints_dir != "checkpoints" else ""
+    extra = f" --checkpoints-dir {shlex.quote(cfg.checkpoints_dir)}" if cfg.checkpoints_dir != "checkpoints" else ""
     where = f"  (on each of the {nodes} nodes, with your rendezvous endpoint and id)" if nodes > 1 else ""
-    return f"{launcher}tools/resume.py --prefix {cfg.prefix}{extra}{where}"
+    return f"{launcher}tools/resume.py --prefix {shlex.quote(cfg.prefix)}{extra}{where}"
 
 
 def earlier_run(cfg: TrainConfig, env) -> str:

@@ -23,10 +23,9 @@ import time
 
 import torch
 
-from toolkit.data.workers import end_workers
+from toolkit.data.workers import DUPLICATE, end_workers  # noqa: F401 (DUPLICATE: the workers' too)
 from toolkit.engine import dist
 
-DUPLICATE = 0.5  # seconds: one request delivered twice (SLURM signals torchrun and the ranks)
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 

@@ -282,7 +282,7 @@ class Trainer:
         if start and self.carry is not None:
             meter.sums += self.carry.to(self.env.device)
         speed = Speedometer(self, epoch, start)
-        t_fetch = time.perf_counter()
+        t_fetch, seen = time.perf_counter(), False
         for b, (x, y) in enumerate(self.train_loader, start):
             t_data = time.perf_counter() - t_fetch
             logits, loss, boundary = self.train_step(x, y, epoch, b, nb)
@@ -294,11 +294,12 @@ class Trainer:
             stop = self._post_flags(loss, epoch, b)
             speed.tick(b, t_data, window)
             bar.update(1)
-            if stop and boundary:
+            if stop and boundary and b + 1 < nb:
                 self._drain_flags()
                 return self.save_stop(epoch, b + 1, meter)
+            seen = seen or stop  # at the epoch's last step: the epoch's own checkpoint (end_epoch)
             t_fetch = time.perf_counter()
-        stop_after = self._drain_flags()
+        stop_after = self._drain_flags() or seen
         sums = dist.all_reduce_sum(meter.sums.clone())
         return {**meter.metrics(sums), "time": time.perf_counter() - t0, "stop_after": stop_after}
 
