@@ -35,6 +35,6 @@ setup(
     extras_require={
         # tools/export.py --format onnx: the dynamo-based exporter (onnxscript) and the parity check
         "export": ["onnx>=1.16,<2", "onnxscript>=0.2,<1", "onnxruntime>=1.18,<2"],
-        "test": ["pytest>=7,<10", "pytest-timeout<3", "onnx>=1.16,<2", "onnxscript>=0.2,<1", "onnxruntime>=1.18,<2"],
+        "test": ["pytest>=7,<10", "pytest-timeout<3", "pytest-xdist>=3,<4", "onnx>=1.16,<2", "onnxscript>=0.2,<1", "onnxruntime>=1.18,<2"],
     },
 )

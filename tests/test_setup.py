@@ -156,4 +156,4 @@ def test_test_sh_tests_the_folder_it_set_up(tmp_path):
     proc = subprocess.run(["bash", "tools/test.sh", "-q"], cwd=repo, capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, LOG=str(log), VENV=str(venv)))
     assert proc.returncode == 0, proc.stderr
-    assert ["python", "-m", "pytest", "-q"] in [line.split() for line in log.read_text().splitlines()]
+    assert ["python", "-m", "pytest", "-n", "3", "-q"] in [line.split() for line in log.read_text().splitlines()]

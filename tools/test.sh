@@ -13,4 +13,6 @@ else
     export VENV=${VENV:-.venv}
     bash tools/setup_env.sh --oracle
 fi
-exec "$VENV/bin/python" -m pytest "$@"
+# three test processes (pytest-xdist): many tests wait on subprocesses, torchrun and timeouts, so even
+# 2 cores keep three busy (about half the wall time of one); TEST_PROCESSES=0 runs them in this process
+exec "$VENV/bin/python" -m pytest -n "${TEST_PROCESSES:-3}" "$@"
