@@ -301,3 +301,19 @@ def test_slurm_and_torchrun_sigterms_together_leave_the_workers_to_finish_the_st
     time.sleep(1.0)
     os.kill(workers[0].pid, signal.SIGTERM)
     assert multiprocessing.connection.wait([workers[0].sentinel], timeout=20)
+
+
+def test_the_evaluation_tools_raise_a_stall_as_its_line_and_any_other_error_as_it_is():
+    """tools/evaluate.py and the ensemble: a DataLoader timeout or a lost rank is the one line
+    (Stalled), any other RuntimeError goes on as it was raised."""
+    from toolkit.engine.dist import DistEnv
+    from toolkit.engine.run import raise_stalled
+    env = DistEnv(0, 0, 2, torch.device("cpu"))
+    other = RuntimeError("shape mismatch")
+    with pytest.raises(RuntimeError) as err:
+        raise_stalled(other, env, 60)
+    assert err.value is other
+    with pytest.raises(Stalled, match="gave no batch for 60 s"):
+        raise_stalled(RuntimeError("DataLoader timed out after 60 seconds"), env, 60)
+    with pytest.raises(Stalled, match="another rank stopped answering"):
+        raise_stalled(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"), env, 60)

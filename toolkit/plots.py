@@ -61,6 +61,14 @@ def _loss(ax, parsed, x):
     ax.set_title(f"loss ({name or 'not logged'})", fontsize=10)
 
 
+def _save(fig, out_png: str):
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png")
+    except OSError as e:
+        raise UserError(f"{out_png}: cannot write the plot: {e.strerror or e}") from None
+
+
 def plot_run(parsed, out_png: str, title: Optional[str] = None) -> str:
     """Write the two-panel PNG to `out_png` (atomically); return the path."""
     x = parsed.epochs.index.to_numpy() + 1
@@ -80,11 +88,7 @@ def plot_run(parsed, out_png: str, title: Optional[str] = None) -> str:
                 ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
         fig.suptitle(title or ", ".join(map(os.path.basename, parsed.files)), fontsize=11)
         fig.tight_layout()
-        try:
-            with atomic_path(out_png) as tmp:
-                fig.savefig(tmp, format="png")
-        except OSError as e:
-            raise UserError(f"{out_png}: cannot write the plot: {e.strerror or e}") from None
+        _save(fig, out_png)
     finally:
         plt.close(fig)
     return out_png
@@ -121,11 +125,7 @@ def plot_validation(curves: dict, out_png: str, title: str = "validation") -> st
             fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(3, len(labels)), frameon=False)
         fig.suptitle(title, fontsize=11)
         fig.tight_layout(rect=(0, min(0.05 * rows, 0.5), 1, 1))
-        try:
-            with atomic_path(out_png) as tmp:
-                fig.savefig(tmp, format="png")
-        except OSError as e:
-            raise UserError(f"{out_png}: cannot write the plot: {e.strerror or e}") from None
+        _save(fig, out_png)
     finally:
         plt.close(fig)
     return out_png

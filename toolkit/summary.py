@@ -19,13 +19,18 @@ def _leaf_rows(model: nn.Module, x: torch.Tensor) -> List[Dict]:
                 rows.append({"layer": name, "type": type(m).__name__, "output": shape,
                              "params": sum(p.numel() for p in m.parameters(recurse=False))})
             hooks.append(mod.register_forward_hook(hook))
+    forward_with_hooks(model, x, hooks)
+    return rows
+
+
+def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks):
+    """One forward pass without gradients; the (already registered) hooks removed after it."""
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    return rows
 
 
 def summarize(model: nn.Module, image_size: int) -> Dict:

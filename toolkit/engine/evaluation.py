@@ -9,10 +9,9 @@ import torch
 
 from toolkit.atomic import atomic_open
 from toolkit.data import dataset_info
-from toolkit.data.workers import end_workers
 from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import from_dict, override
-from toolkit.engine.run import stalled_error
+from toolkit.engine.run import raise_stalled
 from toolkit.engine.trainer import evaluate, make_eval_loader, prepare_model
 
 
@@ -102,10 +101,6 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
                               "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}))
         return 0
     except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line
-        stalled = stalled_error(exc, env, timeout)
-        if stalled is None:
-            raise
-        end_workers()
-        raise stalled from None
+        raise_stalled(exc, env, timeout)
     finally:
         dist.teardown()

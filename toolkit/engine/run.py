@@ -67,6 +67,16 @@ def stalled_error(exc: RuntimeError, env, timeout: float):
     return stalled(exc, None, "the data") or dist.lost_rank(exc, env, timeout)
 
 
+def raise_stalled(exc: RuntimeError, env, timeout: float):
+    """For the evaluation tools: a stalled worker or rank raised as its one line (its workers ended
+    first); any other error raised as it is."""
+    lost = stalled_error(exc, env, timeout)
+    if lost is None:
+        raise exc
+    end_workers()
+    raise lost from None
+
+
 def recorded(run_fn):
     """LOGS/PREFIX.status.json for tools/runs.py and tools/sweep.py (what the log cannot say): "running"
     with the pid and host while the run trains (a pid that is gone: killed), then how the launch

@@ -17,11 +17,10 @@ import torch
 import torch.nn as nn
 
 from toolkit.data import dataset_info
-from toolkit.data.workers import end_workers
 from toolkit.engine import dist, preflight
 from toolkit.engine.config import override
 from toolkit.engine.evaluation import per_class_table, write_csv
-from toolkit.engine.run import stalled_error
+from toolkit.engine.run import raise_stalled
 from toolkit.engine.trainer import evaluate, make_eval_loader
 from toolkit.errors import UserError
 from toolkit.inference.meta import check_same_classes, load_member, resolve
@@ -188,10 +187,6 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         sys.stdout.flush()
         return 0
     except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line
-        stalled = stalled_error(exc, env, timeout)
-        if stalled is None:
-            raise
-        end_workers()
-        raise stalled from None
+        raise_stalled(exc, env, timeout)
     finally:
         dist.teardown()

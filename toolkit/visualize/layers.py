@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 
 from toolkit.errors import UserError
+from toolkit.summary import forward_with_hooks
 from toolkit.visualize import figures
 from toolkit.visualize.images import eval_views
 
@@ -18,12 +19,7 @@ def capture(model, x: torch.Tensor, names):
     for name in names:
         hooks.append(modules[name].register_forward_hook(
             lambda m, i, o, name=name: seen.setdefault(name, o[0] if isinstance(o, (tuple, list)) else o)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, hooks)
     return seen
 
 
