@@ -231,3 +231,36 @@ def test_a_record_dali_cannot_decode_is_one_line_naming_it(tmp_path, train):
     loader = make(str(tmp_path), "dali", batch_size=4, image_size=8, train=train)
     with pytest.raises(UserError, match=r"train.rec key 113 offset \d+: not an image .*--loader torch"):
         epoch(loader)
+
+
+SPAWN_IN_A_FRESH_PROCESS = '''
+import multiprocessing as mp, os, signal, sys, time
+from toolkit.data.workers import quiet_children
+def child():
+    time.sleep(3)  # a spawned source worker's imports, before it unpickles its source
+if __name__ == "__main__":
+    with quiet_children():
+        ps = [mp.get_context("spawn").Process(target=child) for _ in range(2)]
+        for p in ps:
+            p.start()
+    time.sleep(1)
+    for p in ps:
+        os.kill(p.pid, signal.SIGTERM)
+    for p in ps:
+        p.join()
+    print("exit codes", [p.exitcode for p in ps])
+'''
+
+
+def test_spawned_workers_are_quiet_from_their_start_in_a_fresh_process(tmp_path):
+    """The first spawn of a process starts multiprocessing's resource tracker, which unblocked
+    SIGINT/SIGTERM after itself: spawned source workers (GPUs) then died of the group's SIGTERM
+    while still importing."""
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    script = tmp_path / "spawn.py"
+    script.write_text(SPAWN_IN_A_FRESH_PROCESS)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert "exit codes [0, 0]" in proc.stdout, proc.stdout + proc.stderr

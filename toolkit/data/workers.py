@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import re
 import signal
@@ -94,7 +95,7 @@ def _first_sigterm(_signum, _frame):
 
 # --- DALI's external-source workers (toolkit/data/dali_backend.py): the same rule by other means --------
 QUIET = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-GRACE = 20  # seconds a source worker serves on after the group's SIGTERM (the stop takes a step or two)
+GRACE = 10  # seconds a source worker serves on after a first SIGTERM (the stop takes a step or two)
 _starting = False
 _exit_hook = False
 
@@ -114,6 +115,9 @@ def quiet_children():
     if not _exit_hook:  # multiprocessing's own exit hook would terminate() and then join without a bound
         atexit.register(end_workers)
         _exit_hook = True
+    # the first spawned child starts multiprocessing's resource tracker, which unblocks SIGINT and
+    # SIGTERM after its own start: started here first, it leaves the block below alone
+    multiprocessing.resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, QUIET)
     _starting = True
     try:
