@@ -251,34 +251,36 @@ def test_recipe_eval_resize_and_lighting_follow_the_image_size_and_the_paper():
     assert make_config("alexnet").pca_lighting == 0.1 and make_config("resnet50").pca_lighting == 0.0
 
 
-def test_a_stop_asked_during_an_epochs_last_step_ends_with_that_epochs_checkpoint(tmp_path):
+class StopAtStep:  # a stop request that reads true from the step-th read on (read once per step)
+    def __init__(self, step):
+        self.reads, self.step = 0, step
+
+    @property
+    def requested(self):
+        self.reads += 1
+        return self.reads >= self.step
+
+
+def stop_at_step(tmp_path, step: int) -> dict:
+    """fit() of resnet20 on 5 synthetic batches an epoch, a stop requested at the step-th step."""
     import logging
     from toolkit.benchmarks.train import SyntheticLoader, make_batches
     from toolkit.engine import dist
     from toolkit.engine.trainer import Trainer
-
-    class StopAtStep:  # `requested` is read once per step
-        def __init__(self, step):
-            self.reads, self.step = 0, step
-
-        @property
-        def requested(self):
-            self.reads += 1
-            return self.reads >= self.step
-
     c = make_config("resnet20", batch_size=4, epochs=3, num_classes=10, data="synthetic",
                     checkpoints_dir=str(tmp_path), prefix="s")
     env = dist.setup()
     loader = SyntheticLoader(make_batches(c, env.device), steps=5)
-    trainer = Trainer(c, env, logging.getLogger("test"), stop=StopAtStep(5), loaders=(loader, None))
-    result = trainer.fit()
+    return Trainer(c, env, logging.getLogger("test"), stop=StopAtStep(step), loaders=(loader, None)).fit()
+
+
+def test_a_stop_asked_during_an_epochs_last_step_ends_with_that_epochs_checkpoint(tmp_path):
+    result = stop_at_step(tmp_path, 5)
     assert result["stopped"] and (result["epoch"], result["batch"]) == (1, 0)
     assert sorted(os.listdir(tmp_path)) == ["s-0001.pt"]
     # a stop asked mid-epoch is seen one step later, at the same step on every rank
     other = tmp_path / "mid"
-    c2 = override(c, checkpoints_dir=str(other))
-    trainer = Trainer(c2, env, logging.getLogger("test"), stop=StopAtStep(7), loaders=(loader, None))
-    result = trainer.fit()
+    result = stop_at_step(other, 7)
     assert (result["epoch"], result["batch"]) == (1, 3)
     assert sorted(os.listdir(other)) == ["s-0001-b000003.pt", "s-0001.pt"]
 
@@ -531,25 +533,6 @@ def test_a_stop_signal_during_the_move_to_a_branch_waits_until_every_file_moved(
 def test_a_stop_seen_at_an_epochs_last_step_ends_with_that_epochs_checkpoint_not_a_stop_at_its_end(tmp_path):
     """Asked during the next-to-last step, the stop is seen (one step late) at the last one: the
     epoch is done, so its checkpoint is PREFIX-0001.pt (validation skipped), not PREFIX-0000-b000005.pt."""
-    import logging
-    from toolkit.benchmarks.train import SyntheticLoader, make_batches
-    from toolkit.engine import dist
-    from toolkit.engine.trainer import Trainer
-
-    class StopAtStep:
-        def __init__(self, step):
-            self.reads, self.step = 0, step
-
-        @property
-        def requested(self):
-            self.reads += 1
-            return self.reads >= self.step
-
-    c = make_config("resnet20", batch_size=4, epochs=3, num_classes=10, data="synthetic",
-                    checkpoints_dir=str(tmp_path), prefix="s")
-    env = dist.setup()
-    loader = SyntheticLoader(make_batches(c, env.device), steps=5)
-    trainer = Trainer(c, env, logging.getLogger("test"), stop=StopAtStep(4), loaders=(loader, None))
-    result = trainer.fit()
+    result = stop_at_step(tmp_path, 4)
     assert result["stopped"] and (result["epoch"], result["batch"]) == (1, 0)
     assert sorted(os.listdir(tmp_path)) == ["s-0001.pt"]

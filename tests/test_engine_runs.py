@@ -55,19 +55,24 @@ def resume(nproc, root, name, *extra):
                                   "--prefix", name, *extra])
 
 
-def start_and_interrupt(cmd, log, pattern, timeout=240):
-    """Start `cmd` in its own process group, send SIGINT to the group (a terminal's Ctrl-C) when
-    `pattern` appears in the log, and wait for it to finish."""
+def start_and_interrupt(cmd, log, pattern, timeout=240, send=None):
+    """Start `cmd` in its own process group, send SIGINT to the group (a terminal's Ctrl-C; or call
+    `send(proc)`) when `pattern` appears in the log, and wait for it to finish (killed if it does not)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(log) and re.search(pattern, open(log).read()):
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if os.path.exists(log) and re.search(pattern, open(log).read()):
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.02)
+        (send or (lambda p: os.killpg(p.pid, signal.SIGINT)))(proc)
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     return proc.returncode, out
 
 
@@ -441,19 +446,8 @@ def test_ctrl_c_with_dali_workers_ends_with_a_checkpoint(data, tmp_path):
     cmd = [sys.executable, "tools/train.py", *TINY, "--workers", "4", "--loader", "dali", "--data", data,
            *dirs(tmp_path, "d"), "--epochs", "2"]
     log = str(tmp_path / "logs" / "d.log")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        while not (os.path.exists(log) and re.search(r"Epoch\[0\] Batch \[2-3\]", open(log).read())):
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 130 and "Stopped at Epoch[0] Batch [" in open(log).read(), out
+    code, out = start_and_interrupt(cmd, log, r"Epoch\[0\] Batch \[2-3\]", timeout=120)
+    assert code == 130 and "Stopped at Epoch[0] Batch [" in open(log).read(), out
     assert len(list((tmp_path / "ck").glob("d-0000-b*.pt"))) == 1
 
 
@@ -479,19 +473,11 @@ def test_slurm_preemption_signals_every_process_and_the_stop_still_writes_its_ch
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "tools/train.py",
            *TINY, "--workers", "2", "--data", data, *dirs(tmp_path, "p"), "--epochs", "2"]
     log = str(tmp_path / "logs" / "p.log")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        while not (os.path.exists(log) and re.search(r"Epoch\[0\] Batch \[2-3\]", open(log).read())):
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.02)
+
+    def every_process(proc):
         for pid in _descendants(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    _, out = start_and_interrupt(cmd, log, r"Epoch\[0\] Batch \[2-3\]", timeout=120, send=every_process)
     assert "Stopped at Epoch[0] Batch [" in open(log).read(), out
     assert len(list((tmp_path / "ck").glob("p-0000-b*.pt"))) == 1

@@ -127,20 +127,25 @@ def test_a_worker_that_never_answers_ends_the_epoch_with_one_line(data_dir):
     assert "split 'train' of" in message and "pid" in message
 
 
+def _kill_and_expect_one_line(victim, batches):
+    """SIGKILL the worker `victim`; reading `batches()` must end within 30 s with the one line."""
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(Stalled) as err:
+        for _ in batches():
+            pass
+    assert time.monotonic() - t0 < 30
+    message = err.value.message
+    assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
+
+
 def test_a_worker_killed_with_sigkill_ends_the_epoch_with_one_line(data_dir):
     loader = _loader(data_dir, timeout=60)
     loader.set_epoch(0)
     it = iter(loader)
     next(it)
     victim = loader.loader._iterator._workers[0].pid
-    os.kill(victim, signal.SIGKILL)
-    t0 = time.monotonic()
-    with pytest.raises(Stalled) as err:
-        for _ in it:
-            pass
-    assert time.monotonic() - t0 < 30
-    message = err.value.message
-    assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
+    _kill_and_expect_one_line(victim, lambda: it)
 
 
 def test_a_worker_killed_between_epochs_is_found_within_seconds_not_at_the_timeout(data_dir):
@@ -151,15 +156,8 @@ def test_a_worker_killed_between_epochs_is_found_within_seconds_not_at_the_timeo
     for _ in loader:
         pass
     victim = loader.loader._iterator._workers[0].pid
-    os.kill(victim, signal.SIGKILL)
     loader.set_epoch(1)
-    t0 = time.monotonic()
-    with pytest.raises(Stalled) as err:
-        for _ in loader:
-            pass
-    assert time.monotonic() - t0 < 30
-    message = err.value.message
-    assert "\n" not in message and f"pid {victim}, killed by signal SIGKILL" in message
+    _kill_and_expect_one_line(victim, lambda: loader)
 
 
 def test_a_sigterm_to_the_process_group_leaves_the_workers_to_finish_the_step(data_dir):
