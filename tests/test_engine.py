@@ -1,5 +1,6 @@
 """Engine pieces that need no training run: LR schedule, configuration, checkpoints, signals."""
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -313,6 +314,28 @@ def test_train_and_val_split_flags_choose_the_record_files(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(
         f"Error: {data}: no .rec files for split 'trainval' (found: x_train); "
         "a split S is S.rec, NAME_S.rec or S-00000.rec")
+
+
+def test_a_val_split_the_dataset_lacks_is_one_line_and_exit_2_before_any_work(tmp_path, capsys):
+    """Was a run without validation that ended with status 0."""
+    from toolkit import recordio
+    from toolkit.engine.config import make_config
+    from toolkit.engine.run import run
+    data = tmp_path / "d"
+    data.mkdir()
+    for split in ("x_train", "x_val"):
+        with recordio.IndexedRecordWriter(str(data / f"{split}.idx"), str(data / f"{split}.rec")) as w:
+            w.write_idx(0, recordio.pack((0, 0.0, 0, 0), b"\xff\xd8"))
+    cfg = make_config("resnet20", data=str(data), val_split="vall", checkpoints_dir=str(tmp_path / "ck"),
+                      logs_dir=str(tmp_path / "logs"), workers=0)
+    assert run(cfg) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        f"Error: --val-split vall: {data}: no .rec files for split 'vall' (found: x_train, x_val); "
+        "a split S is S.rec, NAME_S.rec or S-00000.rec"), lines
+    assert not os.listdir(tmp_path / "ck")
+    status = json.loads((tmp_path / "logs" / "resnet20.status.json").read_text())
+    assert status["status"] == "failed" and status["code"] == 2
 
 
 def test_resume_takes_optimizer_state_from_the_checkpoint_and_hyperparameters_from_the_flags(tmp_path):
