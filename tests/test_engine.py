@@ -338,6 +338,36 @@ def test_a_val_split_the_dataset_lacks_is_one_line_and_exit_2_before_any_work(tm
     assert status["status"] == "failed" and status["code"] == 2
 
 
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_earlier_ones(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """Was a 50-line traceback (torch's writer says 'unexpected pos' as a RuntimeError)."""
+    from toolkit.engine.run import run
+    from toolkit.toy import ensure_toy_dataset
+    data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
+    real, calls = torch.save, []
+
+    def disk_full_on_the_second(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) < 2:
+            return real(obj, f, *args, **kwargs)
+        with open(f, "wb") as out:
+            out.write(b"PK\3\4" * 100)  # what fitted
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+    monkeypatch.setattr(torch, "save", disk_full_on_the_second)
+    ck = tmp_path / "ck"
+    cfg = make_config("resnet18", width=0.25, image_size=32, batch_size=8, epochs=3, data=data, workers=0,
+                      checkpoints_dir=str(ck), logs_dir=str(tmp_path / "logs"), prefix="full", loader="torch")
+    assert run(cfg) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "Error" in line or "Traceback" in line]
+    assert errors == [errors[0]] and errors[0].endswith(
+        f"Error: {ck}/full-0002.pt: the checkpoint could not be written (unexpected pos 768 vs 662); the partial "
+        f"file is removed and the checkpoints already in {ck} are intact: free space there (or use "
+        "--checkpoints-dir on another disk), then continue with tools/resume.py"), err
+    assert sorted(os.listdir(ck)) == ["full-0001.pt", "full-0001.val.json"]
+    assert checkpoint.load(str(ck / "full-0001.pt"))["epoch"] == 1
+
+
 def test_resume_takes_optimizer_state_from_the_checkpoint_and_hyperparameters_from_the_flags(tmp_path):
     import logging
     from toolkit.benchmarks.train import SyntheticLoader, make_batches
