@@ -66,3 +66,44 @@ def test_a_closed_terminal_under_torchrun_still_writes_the_stop_checkpoint(data,
     assert "Stopped at Epoch[0] Batch [" in log, log[-2000:]
     assert len(list((tmp_path / "ck").glob("h-0000-b*.pt"))) == 1
     assert status(tmp_path, "h")["status"] == "stopped"
+
+
+def corrupt_in_rank1s_first_batch(data, tmp_path, batch_size=8, seed=3):
+    """A copy of the toy set whose records in rank 1's first training batch (2 ranks) are not images."""
+    import shutil
+    from toolkit import recordio
+    from toolkit.data.sampler import RankBatches
+    out = tmp_path / "bad"
+    shutil.copytree(data, out, ignore=shutil.ignore_patterns("images"))
+    reader = recordio.IndexedRecordReader(str(out / "toy_train.idx"), str(out / "toy_train.rec"))
+    records = [reader.read(i) for i in range(len(reader))]
+    reader.close()
+    batches = RankBatches(len(records), batch_size, 1, 2, True, seed)
+    bad = {i for i, _, _ in batches.batch(0)}
+    with recordio.IndexedRecordWriter(str(out / "toy_train.idx"), str(out / "toy_train.rec")) as w:
+        for i, rec in enumerate(records):
+            header, payload = recordio.unpack(rec)
+            w.write_idx(int(reader.keys[i]), recordio.pack(header, b"not an image" if i in bad else payload))
+    return str(out)
+
+
+def test_an_error_on_rank_1_reaches_the_user_and_the_status_says_failed(data, tmp_path):
+    """Undecodable records in rank 1's first batch (DALI stops on them): rank 1's line was never
+    printed, rank 0 said "see the other ranks' messages above" over nothing, status stayed running."""
+    bad = corrupt_in_rank1s_first_batch(data, tmp_path)
+    cmd = TORCHRUN + ["--nproc_per_node=2", "tools/train.py", *TINY, "--loader", "dali", "--workers", "0",
+                      "--data", bad, *dirs(tmp_path, "r"), "--epochs", "1", "--timeout", "30"]
+    t = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
+    print(f"rank 1's error -> torchrun exited {proc.returncode} in {time.monotonic() - t:.1f} s")
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if "Error: " in line]
+    print("\n".join(errors))
+    assert proc.returncode != 0 and errors, out
+    assert any(re.search(r"Error: rank 1: .*toy_train\.rec key \d+ offset \d+: not an image", e) for e in errors), out
+    assert "Traceback" not in "".join(errors)
+    log = (tmp_path / "logs" / "r.log").read_text()  # rank 0's: the record has rank 1's line too
+    assert re.search(r"Error: rank 0 stopped with rank 1, which failed: .*toy_train\.rec key \d+ offset \d+: not an "
+                     "image", log), log[-1500:]
+    final = status(tmp_path, "r")
+    assert final["status"] == "failed", final

@@ -26,6 +26,7 @@ import torch
 
 from toolkit.data.workers import DUPLICATE, end_workers  # noqa: F401 (DUPLICATE: the workers' too)
 from toolkit.engine import dist
+from toolkit.errors import hard_exit
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -41,7 +42,7 @@ def exit_now(message: str, status: int = 130):
     """Leave at once from a signal handler: no process left behind, no clean-up that could wait."""
     say(message)
     end_workers()
-    os._exit(status)
+    hard_exit(status)  # the run's status file still says how it ended
 
 
 class StopRequest:
