@@ -107,3 +107,89 @@ def test_an_error_on_rank_1_reaches_the_user_and_the_status_says_failed(data, tm
                      "image", log), log[-1500:]
     final = status(tmp_path, "r")
     assert final["status"] == "failed", final
+
+
+def _session(sid):
+    """Live processes of session `sid` (a run started with start_new_session: it, its fork server,
+    loader workers, DALI's source workers, multiprocessing's resource tracker)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(pid))
+    return found
+
+
+def _start(data, root, name, loader, workers):
+    cmd = [sys.executable, "tools/train.py", *TINY, "--loader", loader, "--workers", str(workers), "--data", data,
+           *dirs(root, name), "--epochs", "2", "--timeout", "30"]
+    out = open(root / f"{name}.out", "w")
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _children(pid):
+    kids = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"resource_tracker" not in cmdline and b"forkserver" not in cmdline:
+            kids.append(int(p))
+    return kids
+
+
+def test_a_dali_source_worker_killed_ends_the_run_with_one_line_naming_it(data, tmp_path):
+    """Was a hang without end (no batch, no message after 150 s with --timeout 30)."""
+    proc = _start(data, tmp_path, "d", "dali", 4)  # one source worker (forked on the CPU)
+    try:
+        wait_for(str(tmp_path / "logs" / "d.log"), r"Epoch\[0\] Batch \[1-2\]", proc)
+        worker, = _children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        t = time.monotonic()
+        code = proc.wait(timeout=45)
+        took = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    print(f"DALI source worker SIGKILLed -> exit {code} in {took:.1f} s")
+    out = (tmp_path / "d.out").read_text()
+    errors = [line for line in out.splitlines() if "Error" in line or "Traceback" in line]
+    assert code == 1 and took < 30 and len(errors) == 1, out[-3000:]
+    assert f"Error: DALI source worker (pid {worker}, killed by signal SIGKILL) died while reading split 'train'" \
+        in errors[0]
+    assert status(tmp_path, "d")["status"] == "failed"
+    deadline = time.monotonic() + 10
+    while _session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _session(proc.pid), "processes left behind"
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali"])
+def test_a_training_process_killed_leaves_no_process_behind(data, tmp_path, loader):
+    """SIGKILL of the training process (the OOM killer; torchrun after --shutdown-timeout): its fork
+    server, loader workers and resource tracker lived on for 24 minutes and more, holding /dev/shm
+    (each worker held the fork server's liveness pipe; DataLoader's watchdog checks the fork server)."""
+    proc = _start(data, tmp_path, "k", loader, 2)
+    try:
+        wait_for(str(tmp_path / "logs" / "k.log"), r"Epoch\[0\] Batch \[1-2\]", proc)
+        before = _session(proc.pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while _session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _session(proc.pid)
+        print(f"{loader}: {len(before)} processes; {len(left)} left after {15 - (deadline - time.monotonic()):.1f} s")
+        assert len(before) >= 3 and not left, f"left behind: {left}"
+    finally:
+        for pid in _session(proc.pid):
+            os.kill(pid, signal.SIGKILL)

@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import re
 import tempfile
+import weakref
 
 import numpy as np
 import torch
@@ -259,6 +260,7 @@ class DaliLoader:
         # DALI's pool of source workers (private: nothing watched where this DALI lays it out otherwise)
         workers = getattr(getattr(getattr(pipe, "_py_pool", None), "pool", None), "_processes", [])
         self._watch = SourceWatch(workers, self.timeout, self.what)
+        weakref.finalize(pipe, self._watch.close)  # a pipeline collected unclosed: its workers' end is no news
         with self._watch.waiting():  # the iterator reads the first batch as it starts
             iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
                                            last_batch_policy=LastBatchPolicy.PARTIAL)

@@ -32,8 +32,67 @@ def worker_init(_worker_id):
     steps, so the first SIGTERM (and its copy) is let pass and a later one ends it (worker_signals)."""
     import cv2
     worker_signals()
+    watch_owner()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+def watch_owner():
+    """End this worker within a second of the training process's end, however it ended (SIGKILL by
+    the OOM killer or by torchrun after --shutdown-timeout). A loader worker is a child of the fork
+    server, and DataLoader's own watchdog checks its parent, the fork server, which in turn lives as
+    long as any worker holds its liveness pipe: without this, both outlived the run (holding /dev/shm
+    and the records) for good. The owner is multiprocessing's parent_process(), the process that asked
+    for the worker (forkserver and spawn alike); a thread waits on its pidfd."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    try:
+        fd = os.pidfd_open(parent.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel), or the owner is gone already
+        if not _alive(parent.pid):
+            os._exit(0)
+        fd = None
+    threading.Thread(target=_end_with, args=(parent.pid, fd), name="owner-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _end_with(pid: int, fd):
+    """Wait for process `pid` to end (its pidfd readable; else polled), then end this process."""
+    import select
+    while True:
+        if fd is not None:
+            select.select([fd], [], [])
+            break
+        if not _alive(pid):
+            break
+        time.sleep(1.0)
+    os._exit(0)  # nobody is left to read what this worker would make
+
+
+def die_with_parent():
+    """A direct child of the training process (DALI's source workers): the kernel ends it when the
+    training process ends (PR_SET_PDEATHSIG), SIGKILL or not; on systems without it, watch_owner."""
+    owner = multiprocessing.parent_process()
+    parent = owner.pid if owner is not None and owner.pid else os.getppid()
+    try:
+        import ctypes
+        if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        watch_owner()
+        return
+    if os.getppid() != parent:  # it ended before the request took effect
+        os._exit(0)
 
 
 # DataLoader notices a dead worker through SIGCHLD, which only a worker's parent gets: a fork
@@ -133,6 +192,7 @@ def serve_quietly():
     if threading.current_thread() is not threading.main_thread():
         return
     worker_signals()
+    die_with_parent()
     signal.signal(signal.SIGTERM, _grace_sigterm)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIET)
 
@@ -166,7 +226,8 @@ class SourceWatch:
         self.processes, self.timeout, self.what = list(processes), timeout, what
         self.since, self.error, self.heard = None, None, threading.Event()
         self._closed = threading.Event()
-        self._previous = signal.signal(self.SIGNAL, self._raise)
+        if signal.getsignal(self.SIGNAL) is not _raise_pending:  # one handler for every watch
+            signal.signal(self.SIGNAL, _raise_pending)
         self._thread = threading.Thread(target=self._watch, name="dali-source-watch", daemon=True)
         self._thread.start()
         _WATCHES.append(self)  # end_workers closes it before it ends the workers
@@ -181,11 +242,10 @@ class SourceWatch:
             self.since = None
 
     def close(self):
+        """No more news from these workers (their pipeline closes them: exit 0 or SIGTERM)."""
         self._closed.set()
         with contextlib.suppress(ValueError):
             _WATCHES.remove(self)
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(self.SIGNAL) == self._raise:
-            signal.signal(self.SIGNAL, self._previous)
 
     def _watch(self):
         sentinels = [p.sentinel for p in self.processes]
@@ -196,7 +256,8 @@ class SourceWatch:
                 self._closed.wait(0.5)
             if self._closed.is_set():
                 return
-            dead = [p for p in self.processes if p.exitcode is not None]
+            # 0 and SIGTERM: DALI closing its pool (a pipeline that went without close()); the rest died
+            dead = [p for p in self.processes if p.exitcode not in (None, 0, -signal.SIGTERM)]
             if dead:
                 return self._fire(self._dead(dead[0]))
             if self.since is not None and time.monotonic() - self.since > self.timeout:
@@ -224,10 +285,14 @@ class SourceWatch:
             end_workers()
             hard_exit(error.exit_code)
 
-    def _raise(self, _signum, _frame):
-        if self.error is not None and not self.heard.is_set():
-            self.heard.set()
-            raise self.error
+
+
+def _raise_pending(_signum, _frame):
+    """SourceWatch.SIGNAL's handler, in the main thread: raise a watch's error (once)."""
+    for watch in list(_WATCHES):
+        if watch.error is not None and not watch.heard.is_set():
+            watch.heard.set()
+            raise watch.error
 
 
 _WATCHES = []
