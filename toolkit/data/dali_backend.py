@@ -112,8 +112,9 @@ class BatchSource:
     rebuilds the pipeline when a run asks for another sequence (set_epoch out of turn)."""
 
     def __init__(self, records: RecordSet, batches: RankBatches, crop: TrainTransform, seed: int,
-                 pca_std: float, epoch0: int, start0: int):
+                 pca_std: float, epoch0: int, start0: int, eval_sizes=(0, 0)):
         self.records, self.batches, self.crop, self.seed = records, batches, crop, seed
+        self.eval_sizes = eval_sizes  # (shorter side, crop): evaluation's Resize and CenterCrop
         self.pca_std, self.epoch0, self.start0 = pca_std, epoch0, start0
 
     def __setstate__(self, state):
@@ -136,9 +137,23 @@ class BatchSource:
             labels[k] = int(recordio.first_label(header.label))
         encoded = [np.frombuffer(p, np.uint8) for p in payloads]
         if self.crop is None:
-            return encoded, labels
+            return (encoded, labels, *self.eval_geometry(payloads))
         # the draws read the headers from the bytes: `b"Exif" in` a numpy array is never true
         return (encoded, labels, *self.draws(items, payloads))
+
+    def eval_geometry(self, encoded):
+        """Per sample, torchvision's Resize(shorter) + CenterCrop as the torch backend computes them:
+        the resized (width, height), the long side truncated (DALI's resize_shorter rounds it), and the
+        crop's corner, rounded half to even (DALI's centre crop rounds half up): a pixel apart otherwise."""
+        n, (resize, size) = len(encoded), self.eval_sizes
+        shape, anchor = np.empty((n, 2), np.float32), np.empty((n, 2), np.float32)
+        for k, payload in enumerate(encoded):
+            height, width = image_size(payload)
+            short, long = min(height, width), max(height, width)
+            scaled = (resize, int(resize * long / short)) if short != resize else (short, long)
+            h, w = scaled if height <= width else scaled[::-1]
+            shape[k], anchor[k] = (w, h), (int(round((w - size) / 2.0)), int(round((h - size) / 2.0)))
+        return shape, anchor
 
     def draws(self, items, encoded):
         """Per sample, as TrainTransform and RecordDataset draw them: crop start (x, y) and shape
@@ -169,7 +184,7 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
     def pipe():
         device = "mixed" if gpu else "cpu"
         extra = dict(parallel=True, prefetch_queue_depth=2) if parallel else {}
-        outputs = fn.external_source(source, num_outputs=(5 + pca) if train else 2, batch=True,
+        outputs = fn.external_source(source, num_outputs=(5 + pca) if train else 4, batch=True,
                                      batch_info=True, **extra)
         jpegs, labels = outputs[:2]
         if train:
@@ -181,9 +196,12 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
                 shift = fn.reshape(outputs[5].gpu() if gpu else outputs[5], shape=[1, 1, 3])
                 images = math.clamp(fn.cast(images, dtype=types.FLOAT) + shift, 0.0, 255.0)
                 images = fn.cast(math.floor(images), dtype=types.UINT8)
-        else:
+        else:  # the torch backend's geometry, per sample from the source (BatchSource.eval_geometry)
+            shape, anchor = outputs[2:4]
             images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=resize, antialias=True)
+            images = fn.resize(images, resize_x=shape[0], resize_y=shape[1], antialias=True)
+            images = fn.slice(images, anchor, np.array([size, size], np.float32), normalized_anchor=False,
+                              normalized_shape=False, out_of_bounds_policy="pad")
             mirror = 0
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(size, size),
                                           mean=list(mean), std=list(std), mirror=mirror)
@@ -244,7 +262,7 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         gpu = self.device.type == "cuda"
         source = BatchSource(self.records, self.batches, self.crop, self.seed, self.pca_std,
-                             self.epoch, self.start)
+                             self.epoch, self.start, (self.resize, self.size))
         parallel = self.workers > 0
         extra = {}
         if parallel:  # one Python worker reads for every 4 decoding threads (reading is ~3% of decoding)
