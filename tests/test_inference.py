@@ -248,7 +248,7 @@ def test_unwritable_csv_or_json_is_one_line_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     for options, flag in ((dict(csv_path=str(tmp_path)), "--csv"),
-                          (dict(json_path=str(blocker / "sub" / "p.json")), "--json")):
+                          (dict(json_file=str(blocker / "sub" / "p.json")), "--json-file")):
         # checked before the (missing) checkpoint is looked at
         with pytest.raises(UserError, match=flag) as err:
             predict.run(["x.jpg"], checkpoint_path=str(tmp_path / "missing.pt"), **options)

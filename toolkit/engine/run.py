@@ -183,6 +183,9 @@ def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
     state = checkpoint.load(path)
     cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir, **overrides)
+    if "meta" in state and os.path.isdir(cfg.data):  # the data's class map must be the run's
+        from toolkit.inference.meta import check_class_map
+        check_class_map(state["meta"], cfg.data, path)
     if lr is not None:  # a new LR takes effect from here: constant unless a schedule is given too
         cfg = override(cfg, lr=lr, lr_from_epoch=state["position"],
                        lr_schedule=overrides.get("lr_schedule") or "constant",

@@ -125,6 +125,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None, loaders=None):
         self.transfer = Transfer(cfg, env, fresh=state is None)  # --init-from, --freeze-*, --head-lr-mult
         cfg = self.transfer.resolve(cfg)
+        self.transfer.check_head_classes(cfg)
         self.cfg, self.env, self.log, self.stop = cfg, env, log, stop
         self.train_loader, self.val_loader = loaders or make_loaders(cfg, env)
         self.model = prepare_model(cfg, env)

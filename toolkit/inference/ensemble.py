@@ -6,7 +6,6 @@ resize, ten-crop composing), keeping this rank's softmax per image on the way, t
 mean softmax through the same trainer.evaluate, so the ensemble's rank-1/rank-5, per-class table
 and confusion are exact across ranks as evaluate's are.
 """
-import json
 import os
 import re
 import sys
@@ -16,14 +15,14 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from toolkit.data import dataset_info
+from toolkit.cli import emit_json
 from toolkit.engine import dist, preflight
 from toolkit.engine.config import override
 from toolkit.engine.evaluation import per_class_table, write_csv
 from toolkit.engine.run import raise_stalled
 from toolkit.engine.trainer import evaluate, make_eval_loader
 from toolkit.errors import UserError
-from toolkit.inference.meta import check_same_classes, load_member, resolve
+from toolkit.inference.meta import check_class_map, check_same_classes, load_member, resolve
 
 _MEMBER = re.compile(r"^[^-].*(:\d+|\.pt)$")
 
@@ -126,12 +125,12 @@ def _stem(members, split, ten_crop) -> str:
     return f"ensemble-{names[:120]}-{split}" + ("-10crop" if ten_crop else "")
 
 
-def report(members, results, ens, info, data, split, ten_crop, out_dir, env) -> dict:
+def report(members, results, ens, data, split, ten_crop, out_dir, env) -> dict:
     stem = _stem(members, split, ten_crop)
     per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
     confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
     confusion = ens["confusion"].numpy()
-    table = per_class_table(confusion, members[0].meta["class_names"] or info.class_names)
+    table = per_class_table(confusion, members[0].meta["class_names"])
     write_csv(table, per_class_csv)
     labels = list(table["name"])
     write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
@@ -153,7 +152,7 @@ def report(members, results, ens, info, data, split, ten_crop, out_dir, env) -> 
 
 def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, split="val", ten_crop=False,
                             batch_size=None, loader="auto", workers=2, out_dir=None, as_json=False,
-                            timeout=300.0) -> int:
+                            timeout=300.0, json_file=None) -> int:
     if len(specs) < 2:
         raise UserError("--ensemble needs two or more models (PREFIX:EPOCH or .pt paths)")
     env = dist.setup(timeout)
@@ -162,13 +161,13 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         for m in members:
             m.cfg = override(m.cfg, timeout=timeout)
         data = data or members[0].cfg.data
-        info = dataset_info(data)
         num_classes = members[0].meta["num_classes"]
-        if info.num_classes and info.num_classes != num_classes:
-            raise UserError(f"{data}: {info.num_classes} classes, but the models were trained for "
-                            f"{num_classes}; pass the --data they were trained on")
+        preflight.on_main(env, lambda: check_class_map(members[0].meta, data, members[0].path))
+        preflight.check_eval_labels(data, split, num_classes, members[0].path, env)
         out_dir = out_dir or members[0].cfg.logs_dir
         preflight.on_main(env, lambda: preflight.writable_dir(out_dir, "--out-dir"))  # before the passes
+        if json_file:
+            preflight.on_main(env, lambda: preflight.writable_file(json_file, "--json-file"))
         results, probs, labels = [], [], None
         for m in members:
             result, p, y = evaluate_member(m, env, data, split, batch_size, loader, workers, ten_crop)
@@ -181,9 +180,8 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         ens = evaluate(nn.Identity(), _Replay(ensemble_log_probs(probs), labels), env, num_classes)
         if not env.main:
             return 0
-        summary = report(members, results, ens, info, data, split, ten_crop, out_dir, env)
-        if as_json:
-            print(json.dumps(summary))
+        summary = report(members, results, ens, data, split, ten_crop, out_dir, env)
+        emit_json(summary, as_json, json_file)
         sys.stdout.flush()
         return 0
     except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line

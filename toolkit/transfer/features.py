@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from toolkit.atomic import atomic_open, atomic_path
-from toolkit.data import open_split
+from toolkit.data import dataset_info, open_split
 from toolkit.engine import checkpoint, dist
 from toolkit.errors import UserError
 from toolkit.transfer.freeze import head_keys, head_module, layer_names
@@ -215,7 +215,8 @@ def run_extraction(out: str, layer: Optional[str], split: str, pool: str, batch_
             what = f"the input of {chosen}" if before else chosen
             meta = {"source": cfg.init_from, "recipe": cfg.recipe, "layer": what, "pool": pool,
                     "data": cfg.data, "split": split, "images": len(ids), "features": width,
-                    "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)}
+                    "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
+                    "class_names": dataset_info(cfg.data).class_names}  # the labels' names (classes.tsv)
             join_parts(out, env.world, len(ids), width, ids, meta)
             print(f"features of {what} over {cfg.data} split {split}: {out}.npy ({len(ids)} x {width} float32, "
                   f"world size {env.world}); labels {out}.labels.npy, image ids {out}.ids.npy, {out}.json")
