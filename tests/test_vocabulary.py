@@ -100,3 +100,59 @@ def test_gradcam_for_a_class_one_scale_and_its_probability(toy, tmp_path):
     assert len({ax.images[1].get_clim() for ax in heat_axes}) == 1
     for ax, p in zip(heat_axes, table["target_probability"]):
         assert ax.get_title().splitlines()[1].startswith(f"star {p:.2f}")
+
+
+def test_ensemble_takes_a_bare_prefix(toy, tmp_path):
+    """`--ensemble A:10 A` (A: its newest checkpoint) was refused: A was not taken as a member."""
+    from toolkit.inference.ensemble import expand_members
+    assert expand_members(["--ensemble", "A:10", "A", "--split", "val"], positional=False) == \
+        ["--ensemble", "A:10", "--ensemble", "A", "--split", "val"]
+    write_checkpoint(tmp_path / "ck", toy, prefix="A")
+    argv = ["--checkpoints-dir", str(tmp_path / "ck"), "--ensemble", "A:1", "A", "photos/"]
+    assert expand_members(argv) == argv[:4] + ["--ensemble", "A", "photos/"]  # predict: a run, then an image folder
+
+
+def test_visualize_reads_files_as_predict_does(toy, tmp_path, capsys):
+    """A folder of .bmp/.webp images is read (it held no images for visualize); a file that does not
+    decode is skipped with a line (it aborted visualize); records are named FILE.rec#KEY (SPLIT#I)."""
+    from PIL import Image
+    from toolkit.data import open_split
+    from toolkit.visualize.images import gather
+    folder = tmp_path / "star"
+    folder.mkdir()
+    for ext in ("bmp", "webp"):
+        Image.open(_image(toy, "star")).save(folder / f"a.{ext}")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    names = ["circle", "star"]
+    samples = gather([str(folder)], toy, "val", None, names)
+    assert [os.path.basename(s.name) for s in samples] == ["a.bmp", "a.webp"] and {s.label for s in samples} == {1}
+    assert "broken.jpg: cannot decode the image" in capsys.readouterr().err
+    records = gather([], toy, "val", 2, names)
+    first = open_split(toy, "val")
+    assert records[0].name == f"{first.readers[0].path}#{first.readers[0].keys[0]}"
+
+
+def test_list_layers_one_format(toy, tmp_path):
+    """tools/visualize.py activations --list-layers and tools/extract_features.py --list-layers print
+    the same table (they had two formats)."""
+    from toolkit.registry import build_model
+    from toolkit.transfer.features import layer_table
+    from toolkit.visualize import layers
+    from toolkit.visualize.run import load_run
+    write_checkpoint(tmp_path, toy)
+    run = load_run(str(tmp_path), device="cpu")
+    vis = layers.layer_table(run)
+    feats = layer_table(build_model("resnet20", num_classes=10).eval(), 32, "fc")
+    assert feats.splitlines()[:-1] == vis.splitlines()[:-1]
+    assert feats.splitlines()[-1].startswith(vis.splitlines()[-1]) and feats.endswith("<- its input is the default --layer")
+    assert any(" 64x8x8 " in line for line in vis.splitlines())
+
+
+def test_shared_flag_names():
+    """--image-root (with --root) in predict and visualize; --out-dir (with --logs-dir) in visualize."""
+    predict, visualize = tool("predict"), tool("visualize")
+    opts = {o.name: o.opts for o in predict.params}
+    assert opts["root"] == ["--image-root", "--root"]
+    for sub in ("errors", "gradcam"):
+        opts = {o.name: o.opts for o in visualize.commands[sub].params}
+        assert opts["image_root"] == ["--image-root", "--root"] and opts["logs_dir"] == ["--out-dir", "--logs-dir"]

@@ -15,7 +15,9 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 
-DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
+DEFAULT_EXTS = (".jpeg", ".jpg", ".png")  # MXNet im2rec's --exts default (lists and packing)
+# what the tools that read image files (predict, visualize) take from a folder
+IMAGE_EXTS = DEFAULT_EXTS + (".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 class ListItem(NamedTuple):
@@ -44,6 +46,15 @@ def walk_images(root: str, recursive: bool, exts: Sequence[str] = DEFAULT_EXTS):
             if os.path.splitext(fname)[1].lower() in exts and os.path.isfile(fpath):
                 items.append(ListItem(len(items), os.path.relpath(fpath, root), (0.0,)))
     return items, {os.path.relpath(k, root): v for k, v in cats.items()}
+
+
+def image_files(folder: str) -> List[str]:
+    """The image files (IMAGE_EXTS, any case) in `folder` and below, in sorted walk order."""
+    found = []
+    for path, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        found += [os.path.join(path, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTS)]
+    return found
 
 
 def format_line(item: ListItem) -> str:

@@ -42,4 +42,4 @@ def main(ensemble, prefix, epoch, **kwargs):
 
 
 if __name__ == "__main__":
-    main(args=expand_members(sys.argv[1:]))
+    main(args=expand_members(sys.argv[1:], positional=False))

@@ -31,7 +31,8 @@ from toolkit.inference.predict import run
 @click.option("--split", default=None, help="Predict on this split's records (of --data) instead of files.")
 @click.option("--data", default=None, help="Dataset folder: for --split, and for checkpoints older than "
                                            "self-describing ones (classes.tsv, mean/std).")
-@click.option("--root", default=None, help="Folder the paths of a .lst are relative to (default: the list's).")
+@click.option("--image-root", "--root", "root", default=None,
+              help="Folder the paths of a .lst are relative to (default: the list's).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--csv", "csv_path", default=None, help="Write path, class1, prob1, ... per image to this CSV.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per process.")

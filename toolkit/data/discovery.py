@@ -117,6 +117,11 @@ class RecordSet:
     def read(self, i: int) -> bytes:
         return self.readers[self.shard[i]].read(int(self.local[i]))
 
+    def name(self, i: int) -> str:
+        """A record's id in every tool's output: FILE.rec#KEY (KEY: its .idx key, the .lst image id)."""
+        r = self.readers[self.shard[i]]
+        return f"{r.path}#{r.keys[self.local[i]]}"
+
     def where(self, i: int) -> str:
         r = self.readers[self.shard[i]]
         return f"{r.path} key {r.keys[self.local[i]]} offset {int(r.offsets[self.local[i]])}"

@@ -27,22 +27,35 @@ from toolkit.inference.meta import check_class_map, check_same_classes, load_mem
 _MEMBER = re.compile(r"^[^-].*(:\d+|\.pt)$")
 
 
-def expand_members(argv: List[str], flag: str = "--ensemble") -> List[str]:
+def expand_members(argv: List[str], flag: str = "--ensemble", positional: bool = True) -> List[str]:
     """`--ensemble A:1 B:2 c.pt` -> `--ensemble A:1 --ensemble B:2 --ensemble c.pt`: a click option
-    takes one value, so the arguments after the flag that look like members (PREFIX:EPOCH or a .pt
-    path) are given it one by one. The first argument after the flag is always a member."""
+    takes one value, so the arguments after the flag that are members are given it one by one. The
+    first argument after the flag is always a member; then, for a tool without arguments of its own
+    (`positional=False`, tools/evaluate.py) every argument up to the next option, else those that
+    look like members (PREFIX:EPOCH, a .pt path) or name a run of the checkpoints folder (PREFIX: its
+    newest checkpoint; `--ensemble A:10 A`)."""
+    runs = _run_names(argv) if positional else set()
     out, i = [], 0
     while i < len(argv):
         out.append(argv[i])
         if argv[i] == flag and i + 1 < len(argv):
             out.append(argv[i + 1])
             i += 2
-            while i < len(argv) and _MEMBER.match(argv[i]):
+            while i < len(argv) and not argv[i].startswith("-") and \
+                    (not positional or _MEMBER.match(argv[i]) or argv[i] in runs):
                 out += [flag, argv[i]]
                 i += 1
             continue
         i += 1
     return out
+
+
+def _run_names(argv: List[str]) -> set:
+    """The run prefixes of --checkpoints-dir (as given in argv, else checkpoints/), that are not files."""
+    from toolkit.engine.checkpoint import list_checkpoints
+    folder = next((argv[k + 1] for k in range(len(argv) - 1) if argv[k] == "--checkpoints-dir"), "checkpoints")
+    names = set(list_checkpoints(folder)) if os.path.isdir(folder) else set()
+    return {n for n in names if not os.path.exists(n)}
 
 
 def load_members(specs, checkpoints_dir: str, data=None):

@@ -30,18 +30,9 @@ from toolkit.engine.preflight import not_an_input, writable_file
 from toolkit.engine.evaluation import write_csv
 from toolkit.engine.trainer import autocast
 from toolkit.errors import UserError
-from toolkit.lists import DEFAULT_EXTS, read_list
+from toolkit.lists import IMAGE_EXTS, image_files, read_list
 
-IMAGE_EXTS = tuple(DEFAULT_EXTS) + (".webp", ".gif", ".bmp", ".tif", ".tiff")
 _GLOB = set("*?[")
-
-
-def _walk(folder: str) -> List[str]:
-    found = []
-    for path, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        found += [os.path.join(path, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTS)]
-    return found
 
 
 def gather_files(inputs, root: Optional[str] = None) -> List[str]:
@@ -55,11 +46,11 @@ def gather_files(inputs, root: Optional[str] = None) -> List[str]:
             missing = [p for p in listed if not os.path.isfile(p)]
             if missing:  # a wrong root, not a few bad files: one line before any work
                 raise UserError(f"{arg}: {len(missing)} of {len(listed)} listed images are not under "
-                                f"{base or '.'}/ (first: {missing[0]}); pass --root DIR, the folder its paths "
+                                f"{base or '.'}/ (first: {missing[0]}); pass --image-root DIR, the folder its paths "
                                 "are relative to (for tools/make_toy.py's lists: DATA/images)")
             files += listed
         elif os.path.isdir(arg):
-            found = _walk(arg)
+            found = image_files(arg)
             if not found:
                 raise UserError(f"{arg}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
             files += found
@@ -85,10 +76,7 @@ class Sources:
         return len(self.records) if self.records is not None else len(self.files)
 
     def name(self, i: int) -> str:
-        if self.records is None:
-            return self.files[i]
-        reader = self.records.readers[self.records.shard[i]]
-        return f"{reader.path}#{reader.keys[self.records.local[i]]}"
+        return self.files[i] if self.records is None else self.records.name(i)
 
     def read(self, i: int) -> bytes:
         if self.records is None:
