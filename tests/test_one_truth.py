@@ -181,3 +181,17 @@ def test_evaluate_and_resume_refuse_another_class_map(toy, tmp_path):
         run_evaluation(str(tmp_path / "ck"), workers=0, loader="torch", out_dir=str(tmp_path / "out"))
     with pytest.raises(UserError, match="class 1 is 'star' there but 'circle' in"):
         resume(str(tmp_path / "ck"), "m", 1)
+
+
+def test_older_checkpoint_keeps_its_training_folders_figures(toy, tmp_path):
+    """A checkpoint without meta evaluated with --data on a folder of its own: its mean/std come from
+    the folder it was trained on (still here), not from the --data folder (ImageNet's, lacking a train split)."""
+    alone = tmp_path / "tt"
+    alone.mkdir()
+    for name in ("toy_val.rec", "toy_val.idx", "classes.tsv"):
+        shutil.copy(os.path.join(toy, name), alone / name)
+    path = write_checkpoint(tmp_path / "ck", toy)
+    state = checkpoint.load(path)
+    del state["meta"]
+    checkpoint.save(path, state)
+    assert load_member(path, data=str(alone)).meta["mean"] == list(dataset_info(toy).mean)

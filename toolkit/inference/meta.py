@@ -52,11 +52,12 @@ def describe(cfg, info=None) -> dict:
 
 def meta_of(state: dict, path: str, data: Optional[str] = None) -> dict:
     """The checkpoint's meta; a checkpoint written before meta existed gets it from its configuration
-    and its dataset folder (or `data`), which must then exist."""
+    and its training folder (`data` only where that is gone: a --data read for records must not
+    lend the model another dataset's mean/std)."""
     if "meta" in state:
         return state["meta"]
     cfg = from_dict(state["config"])
-    folder = data or cfg.data
+    folder = cfg.data if os.path.isdir(cfg.data) or not data else data
     if not os.path.isdir(folder):
         raise UserError(f"{path} predates self-describing checkpoints and its dataset folder {folder} "
                         "is not here: pass --data DIR (the folder it was trained on, for classes.tsv "
