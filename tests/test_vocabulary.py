@@ -156,3 +156,13 @@ def test_shared_flag_names():
     for sub in ("errors", "gradcam"):
         opts = {o.name: o.opts for o in visualize.commands[sub].params}
         assert opts["image_root"] == ["--image-root", "--root"] and opts["logs_dir"] == ["--out-dir", "--logs-dir"]
+
+
+def test_visualize_out_never_an_input(tmp_path):
+    """`visualize confusion --csv c.csv --out c.csv` wrote the figure over evaluate's CSV."""
+    csv = tmp_path / "c.csv"
+    csv.write_text("true\\\\predicted,a,b\na,1,0\nb,0,1\n")
+    before = csv.read_bytes()
+    res = CliRunner().invoke(tool("visualize"), ["confusion", "--csv", str(csv), "--out", str(csv)])
+    assert res.exit_code == 2 and csv.read_bytes() == before
+    assert "is one of the inputs" in res.output

@@ -19,7 +19,7 @@ import os
 
 import click
 
-from toolkit.engine.preflight import writable_file
+from toolkit.engine.preflight import not_an_input, writable_file
 from toolkit.errors import UserError
 from toolkit.visualize import augment as augment_mod
 from toolkit.visualize import figures, filters as filters_mod, heatmaps, layers, mistakes
@@ -85,6 +85,9 @@ def _command(fn):
     def wrapper(**p):
         if p.get("out"):  # before the checkpoint is loaded and the pictures computed
             writable_file(p["out"], "--out")
+            images = list(p.get("images") or ())
+            not_an_input(p["out"], "--out", images + [p[k] for k in ("csv_path",) if p.get(k)])
+            not_an_input(figures.csv_beside(p["out"]), "--out", images)  # the CSV written beside it
         fn(p)
     return wrapper
 
@@ -123,7 +126,7 @@ def _target(run, value):
         return run.class_names.index(value)
     if value.isdigit() and int(value) < len(run.class_names):
         return int(value)
-    raise UserError(f"--class {value}: not a class of {run.data} (e.g. {', '.join(run.class_names[:4])}) "
+    raise UserError(f"--class {value}: not a class of {run.path} (e.g. {', '.join(run.class_names[:4])}) "
                     f"nor a number below {len(run.class_names)}")
 
 
