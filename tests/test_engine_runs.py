@@ -115,7 +115,7 @@ def test_interrupt_and_resume_is_bit_identical(nproc, data, tmp_path):
     text = open(log_b).read()
     assert "Stopped at Epoch[1] Batch [" in text and f"to resume: " in text
     if nproc > 1:
-        assert "torchrun --nproc_per_node=2 tools/resume.py --prefix b" in text
+        assert f"torchrun --nproc_per_node={nproc} tools/resume.py --prefix b" in text
     state = torch.load(stops[0], weights_only=True)
     assert 0 < state["batch"] < len_epoch(nproc) and state["epoch"] == 1
     resume(nproc, tmp_path / "b", "b")
