@@ -73,8 +73,11 @@ def liveness(status: dict, now: Optional[float] = None) -> Tuple[str, str]:
     pid, host = status.get("pid"), status.get("host")
     last = status.get("heartbeat", status.get("time"))
     where = f"pid {pid} on {host}"
-    if host == socket.gethostname() and not _pid_alive(pid):
+    here = host == socket.gethostname()
+    if here and not _pid_alive(pid):
         return "gone", f"process {pid} is gone without a word (killed?)"
+    if here and "heartbeat" not in status:  # written before the heartbeat: its live pid says it all
+        return "running", where
     if not isinstance(last, (int, float)):
         return "lost", f"{where}: the status file has no heartbeat"
     if now - last > LOST_AFTER_S:
