@@ -73,6 +73,11 @@ def test_a_resume_moves_the_later_checkpoints_only_at_its_first_training_step(da
     monkeypatch.setattr(Trainer, "train_step", fails_before_its_first_step)
     assert resume(str(ck), "r", 1, 0.01) == 2
     assert all((ck / name).exists() for name in later) and not list(ck.glob("r.abandoned-*"))
+    # nor does its log say it resumed: the journal and the plots still read epochs 1 and 2 as current
+    log = str(tmp_path / "logs" / "r.log")
+    from toolkit.logparse import parse_logs
+    assert "Resumed training from" not in open(log).read()
+    assert list(parse_logs([log]).epochs.index) == [0, 1, 2]
     monkeypatch.setattr(Trainer, "train_step", real_step)
     assert resume(str(ck), "r", 1, 0.01, epochs=2) == 0
     folder, = ck.glob("r.abandoned-*")

@@ -140,6 +140,7 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.lr, self._pending = None, None
         self.before_first_step = None  # called once, before the first training step (a resume's branch)
+        self.started, self.resume_line = False, None
         # an epoch checkpoint whose validation pass a stop cut short: validated again first
         self.resumed_from, self.pending_val = resumed_from, None
         if state is not None and resumed_from and self.val_loader is not None:
@@ -216,12 +217,20 @@ class Trainer:
         loader = getattr(self.train_loader, "choice", self.train_loader.backend)  # "dali (auto: GPU decode)"
         for line in header_lines(self.cfg, self.env, loader, params) + self.transfer.lines:
             self.log.info(line)
-        if resumed_from:
+        if resumed_from:  # logged when the run moves (_log_resume): a launch that never does leaves
+            # the log's later epochs in effect, as it leaves their checkpoints in place
             lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
-            self.log.info(mxlog.resume_line(resumed_from, self.epoch, self.batch, lr))
+            self.resume_line = mxlog.resume_line(resumed_from, self.epoch, self.batch, lr)
+
+    def _log_resume(self):
+        line, self.resume_line = self.resume_line, None
+        if line:
+            self.log.info(line)
 
     def fit(self) -> dict:
         result = {}
+        if self.pending_val is not None:
+            self._log_resume()  # before the resumed validation's lines (the log parser reads them so)
         if self.pending_val is not None and self.validate(self.pending_val, self.resumed_from):
             return {"stopped": True, "path": self.resumed_from, "epoch": self.epoch, "batch": 0}
         for epoch in range(self.epoch, self.cfg.epochs):
@@ -277,16 +286,20 @@ class Trainer:
         return bool(stop)
 
     def _first_step(self):
-        """The run moves from here: a stop now writes a checkpoint (armed first, so a signal held
-        during before_first_step's file moves is a stop after this step, not an exit without one)."""
+        """The run moves from here: the resume's log line and branch, and a stop now writes a
+        checkpoint (armed first, so a signal held during the branch's file moves is a stop after
+        this step, not an exit without one)."""
+        self.started = True
         if self.stop is not None and hasattr(self.stop, "arm"):
             self.stop.arm()
+        self._log_resume()
         hook, self.before_first_step = self.before_first_step, None
-        hook()
+        if hook is not None:
+            hook()
 
     def train_step(self, x, y, epoch, b, nb) -> tuple:
         cfg = self.cfg
-        if self.before_first_step is not None:
+        if not self.started:
             self._first_step()
         self._set_lr(epoch, b, nb)
         if self.stochastic:  # dropout masks: a function of (seed, epoch, batch, rank), exact on resume
