@@ -78,6 +78,9 @@ def test_a_resume_moves_the_later_checkpoints_only_at_its_first_training_step(da
     from toolkit.logparse import parse_logs
     assert "Resumed training from" not in open(log).read()
     assert list(parse_logs([log]).epochs.index) == [0, 1, 2]
+    # and the run's configuration is still the one its checkpoints continue, not the failed launch's
+    row = journal.journal_row("r", str(tmp_path / "logs"), str(ck))
+    assert json.loads(row["config"])["lr"] == 0.05 and row["status"] == "failed"
     monkeypatch.setattr(Trainer, "train_step", real_step)
     assert resume(str(ck), "r", 1, 0.01, epochs=2) == 0
     folder, = ck.glob("r.abandoned-*")

@@ -196,7 +196,9 @@ def journal_row(prefix: str, logs_dir: str, checkpoints_dir: str) -> dict:
     from toolkit.engine.checkpoint import ordered
     newest = found[ordered(found)[-1]] if found else None  # as tools/resume.py chooses
     saved = checkpoint_config(newest) if newest and newest.endswith(".pt") else {}
-    config = facts.config or saved.get("config") or {}
+    # the newest checkpoint's: what a resume continues (a launch that failed before its first
+    # checkpoint logged a header with flags that never took effect); the log's for runs without one
+    config = saved.get("config") or facts.config or {}
     row = {"prefix": prefix, "recipe": config.get("recipe", ""), "flags": flags_from_defaults(config) if config else "",
            "epochs_planned": config.get("epochs"), "data": config.get("data", ""), "log": log if os.path.exists(log) else ""}
     done = max([e for e, _ in found] or [0])
