@@ -171,3 +171,33 @@ def test_a_sweep_refuses_a_run_whose_flags_changed_since(sweep_main, data, tmp_p
         result = sweep_again(*flags)
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
         assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
+
+
+def test_a_signal_during_the_branch_move_is_a_stop_after_the_first_step(tmp_path, monkeypatch):
+    """Before the first step a Ctrl-C exits at once (nothing trained); one held back while the later
+    checkpoints move is delivered after the move: by then the run has moved, so it is a stop with
+    a checkpoint, not an exit that leaves a branch without a step."""
+    import logging
+    import signal
+    from toolkit.atomic import signals_held
+    from toolkit.benchmarks.train import SyntheticLoader, make_batches
+    from toolkit.engine import dist, signals
+    from toolkit.engine.trainer import Trainer
+    monkeypatch.setattr(signals, "exit_now", lambda message, status=130: pytest.fail(f"exited: {message}"))
+    c = make_config("resnet20", batch_size=4, epochs=1, num_classes=10, data="synthetic",
+                    checkpoints_dir=str(tmp_path), prefix="s")
+    env = dist.setup()
+    stop = signals.StopRequest().install()
+    try:
+        trainer = Trainer(c, env, logging.getLogger("t"), stop=stop,
+                          loaders=(SyntheticLoader(make_batches(c, env.device), steps=5), None))
+
+        def move():
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+        trainer.before_first_step = move
+        result = trainer.fit()
+    finally:
+        stop.uninstall()
+    assert result["stopped"] and (result["epoch"], result["batch"]) == (0, 2)  # seen one step late
+    assert os.listdir(tmp_path) == ["s-0000-b000002.pt"]
