@@ -201,3 +201,13 @@ def test_a_signal_during_the_branch_move_is_a_stop_after_the_first_step(tmp_path
         stop.uninstall()
     assert result["stopped"] and (result["epoch"], result["batch"]) == (0, 2)  # seen one step late
     assert os.listdir(tmp_path) == ["s-0000-b000002.pt"]
+
+
+def test_the_journal_and_the_sweep_see_every_checkpoint_the_engine_names(tmp_path):
+    """A stop after batch 999,999 (ImageNet at a small batch) is PREFIX-0003-b1234567.pt: the journal's
+    own lister missed it, and the sweep then started the run afresh (refused: checkpoints exist)."""
+    ck = str(tmp_path / "ck")
+    for epoch, batch in [(3, 1234567), (10000, 0)]:
+        checkpoint.save(checkpoint.checkpoint_path(ck, "big", epoch, batch), {"epoch": epoch, "batch": batch})
+    assert journal.checkpoints(ck, "big") == checkpoint.list_checkpoints(ck, "big")
+    assert sorted(journal.checkpoints(ck)["big"]) == [(3, 1234567), (10000, 0)]

@@ -25,7 +25,7 @@ from toolkit.engine.status import STATUS_SUFFIX, liveness, read_status, status_p
 from toolkit.errors import UserError
 
 RECENT_S = 600  # a log without an end line, written to this recently, is taken as running
-_CKPT = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})(?:-b(?P<batch>\d{6}))?\.(?:pt|params)$")
+_CKPT = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4,})(?:-b(?P<batch>\d{6,}))?\.(?:pt|params)$")  # as checkpoint.py names them
 _STAMP = re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 _HEADER = b" cnn-toolkit "          # first line of every launch of our trainer (toolkit/engine/logs.py)
 _SKIP_FLAGS = {"recipe", "prefix", "logs_dir", "checkpoints_dir", "num_classes", "data", "lr_from_epoch"}
