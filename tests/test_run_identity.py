@@ -9,7 +9,6 @@ import socket
 import time
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from tests.conftest import REPO

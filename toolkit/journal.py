@@ -21,7 +21,7 @@ import time
 from datetime import datetime
 from typing import Dict, List, Optional
 
-from toolkit.engine.status import STATUS_SUFFIX, liveness, read_status, status_path  # noqa: F401
+from toolkit.engine.status import liveness, read_status
 from toolkit.errors import UserError
 
 RECENT_S = 600  # a log without an end line, written to this recently, is taken as running

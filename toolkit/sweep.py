@@ -33,7 +33,7 @@ import submitit
 import yaml
 
 from toolkit import journal
-from toolkit.engine.status import own_earlier_life
+from toolkit.engine.status import own_earlier_life, read_status
 from toolkit.errors import UserError
 
 STOP_WAIT_S = 80    # SLURM signals 90 s before the limit; the checkpoint must be on disk before then
@@ -256,7 +256,7 @@ def next_step(run: Run, nproc: int, tools: str, logs_dir: str, ckpt_dir: str) ->
     if not found and not os.path.exists(os.path.join(logs_dir, run.prefix + ".log")):
         return "train", torchrun(nproc) + [os.path.join(tools, "train.py")] + run.argv, ""
     row = journal.journal_row(run.prefix, logs_dir, ckpt_dir)
-    if row["status"] == "running" and own_earlier_life(journal.read_status(logs_dir, run.prefix)):
+    if row["status"] == "running" and own_earlier_life(read_status(logs_dir, run.prefix)):
         row["status"] = "lost"  # this SLURM job, requeued after a hard kill (on this node or another)
     if row["status"] in ("finished", "running"):
         return "skip", None, f"{row['status']} {row['detail']}".strip()
