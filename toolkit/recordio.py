@@ -326,8 +326,18 @@ class IndexedRecordReader(RecordReader):
         return len(self.keys)
 
     def read(self, i: int) -> bytes:
-        """The i-th record in index order."""
-        return self.read_at(int(self.offsets[i]))[0]
+        """The i-th record in index order. An offset where no record starts: the .idx is stale
+        (written for another packing of the .rec), named with its line and how to rebuild it."""
+        offset = int(self.offsets[i])
+        try:
+            return self.read_at(offset)[0]
+        except RecordIOError as exc:
+            if "no record magic" not in exc.message:
+                raise
+            raise RecordIOError(f"{self.idx_path}:{i + 1}: offset {offset} is not the start of a record of "
+                                f"{self.path}: the .idx does not match the .rec (stale, or from another "
+                                "packing); delete the .idx and rebuild it: tools/im2rec.py --verify --fix-index "
+                                f"{os.path.splitext(self.path)[0]}") from None
 
     def read_idx(self, key: int) -> bytes:
         """The record with this key (MXNet's read_idx)."""

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +30,13 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import click
-import submitit
 import yaml
+
+try:  # --slurm only: a sweep on this machine needs no submitit (check_slurm says what is missing)
+    import submitit
+    _Checkpointable = submitit.helpers.Checkpointable
+except ImportError:
+    submitit, _Checkpointable = None, object
 
 from toolkit import journal
 from toolkit.engine.status import own_earlier_life, read_status
@@ -306,7 +312,7 @@ def run_local(runs: List[Run], nproc: int, tools: str, logs_dir: str, ckpt_dir: 
     return code
 
 
-class SweepJob(submitit.helpers.Checkpointable):
+class SweepJob(_Checkpointable):
     """One run as a SLURM job (submitit): train or resume it under torchrun over the job's GPUs.
     A Checkpointable: on the preemption/timeout signal, checkpoint() stops the run the Ctrl-C way and
     returns the same job, which submitit requeues and which resumes from that checkpoint."""
@@ -342,6 +348,19 @@ class SweepJob(submitit.helpers.Checkpointable):
             while proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
         return submitit.helpers.DelayedSubmission(SweepJob(*self.args))
+
+
+def check_slurm(cluster: str):
+    """--slurm before any work: submitit importable and, for a real cluster, SLURM's commands on the
+    PATH (submitit's own check is a traceback from deep inside it)."""
+    if submitit is None:
+        raise UserError("--slurm: the submitit package is not installed in this environment; install it "
+                         "(pip install submitit, as requirements-lock.txt pins it) or run the sweep here without --slurm")
+    missing = [c for c in ("sbatch", "srun") if cluster == "slurm" and shutil.which(c) is None]
+    if missing:
+        raise UserError(f"--slurm: {' and '.join(missing)} not found on the PATH: this machine is not a SLURM "
+                        "login node; run the sweep from one, rehearse it here with --slurm-cluster local, "
+                        "or leave out --slurm to run the sweep on this machine")
 
 
 def _preempt_on_sigterm():

@@ -20,7 +20,8 @@ import pandas as pd
 
 from toolkit import journal
 from toolkit.errors import UserError
-from toolkit.sweep import check_identity, dirs, load_command, load_variants, parse_grid, plan, run_local, submit
+from toolkit.sweep import (check_identity, check_slurm, dirs, load_command, load_variants, parse_grid,
+                           plan, run_local, submit)
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,6 +76,8 @@ def main(ctx, grid, variants, nproc, dry_run, slurm, slurm_cluster, slurm_folder
     """Sweep over tools/train.py flags; every flag not listed here goes to every run."""
     if not grid and not variants:
         raise UserError("nothing to sweep: give --grid FLAG=V1,V2 (repeatable) or --variants FILE")
+    if slurm and not dry_run:
+        check_slurm(slurm_cluster)
     common = list(ctx.args)
     extra = _pairs(slurm_param, "--slurm-param")
     command = load_command(os.path.join(TOOLS, "train.py"))

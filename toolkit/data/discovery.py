@@ -171,7 +171,7 @@ def _shard_labels(reader: recordio.IndexedRecordReader) -> np.ndarray:
     with open(reader.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         mm.madvise(mmap.MADV_RANDOM)  # one page per record, no read-ahead of the image bytes
         data = np.frombuffer(mm, dtype=np.uint8)
-        span = np.arange(_HEAD)
+        span, slow = np.arange(_HEAD), []
         for lo in range(0, len(offsets), _CHUNK):
             off = offsets[lo:lo + _CHUNK]
             fits = off + _HEAD <= len(data)
@@ -185,15 +185,15 @@ def _shard_labels(reader: recordio.IndexedRecordReader) -> np.ndarray:
             # anything else (a record split by dmlc-core inside its header, a short record, a bad
             # offset) is read the slow way, which also names what is wrong with it
             odd = ~fits | (words[:, 0] != recordio.MAGIC) | (length < np.where(flag > 0, 28, 24))
-            for k in np.flatnonzero(odd):
-                out[lo + k] = _slow_label(reader, int(off[k]))
-        del data
+            slow.extend(lo + np.flatnonzero(odd))
+        del data  # before the map closes (BufferError otherwise, which hid the error below)
+    for i in slow:  # after the map is closed: an error here is the one the user sees
+        out[i] = _slow_label(reader, int(i))
     return out
 
 
-def _slow_label(reader, offset: int) -> float:
-    head, _ = reader.read_at(offset)
-    lab = recordio.unpack_label(head)
+def _slow_label(reader, i: int) -> float:
+    lab = recordio.unpack_label(reader.read(i))
     return float(lab if np.isscalar(lab) else lab[0])
 
 

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 
+import click
 import torch
 
 from toolkit import mxlog
@@ -18,7 +19,8 @@ from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.signals import StopRequest
 from toolkit.engine.trainer import Trainer
-from toolkit.errors import Stalled, UserError
+from toolkit.engine.preflight import ReportedElsewhere
+from toolkit.errors import Stalled, UserError, at_hard_exit, forget_hard_exit, hard_exit
 
 TOY = "data/toy"
 
@@ -74,25 +76,30 @@ def raise_stalled(exc: RuntimeError, env, timeout: float):
     raise lost from None
 
 
+STATUS = {0: "finished", 130: "stopped"}  # any other exit code: "failed"
+
+
 def recorded(run_fn):
     """LOGS/PREFIX.status.json for tools/runs.py and tools/sweep.py (what the log cannot say,
     toolkit/engine/status.py): "running" with a heartbeat while the run lives, then how the launch
-    ended: finished (exit 0), stopped (130), failed (2, or an exception). Rank 0 writes it. A fresh
+    ended: finished (exit 0), stopped (130), failed (2, or an exception), also when it leaves at
+    once (errors.hard_exit: a lost rank, a dead worker, a second Ctrl-C). Rank 0 writes it. A fresh
     run that will refuse to overwrite an earlier run's checkpoints leaves that run's file."""
-
     @functools.wraps(run_fn)
     def wrapper(cfg: TrainConfig, state=None, resumed_from=None) -> int:
         if os.environ.get("RANK", "0") != "0" or (
                 state is None and checkpoint.list_checkpoints(cfg.checkpoints_dir, cfg.prefix)):
             return run_fn(cfg, state, resumed_from)
+        last = at_hard_exit(lambda c: status.write_status(
+            cfg.logs_dir, cfg.prefix, STATUS.get(c, "failed"), code=c))
         code = None
         try:
             with status.heartbeat(cfg.logs_dir, cfg.prefix):
                 code = run_fn(cfg, state, resumed_from)
             return code
         finally:
-            status.write_status(cfg.logs_dir, cfg.prefix, {0: "finished", 130: "stopped"}.get(code, "failed"),
-                                code=code)
+            forget_hard_exit(last)
+            status.write_status(cfg.logs_dir, cfg.prefix, STATUS.get(code, "failed"), code=code)
     return wrapper
 
 
@@ -136,22 +143,43 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
         log.info(f"Training finished: {cfg.epochs} epochs; checkpoints in {cfg.checkpoints_dir}/, "
                  f"log in {os.path.join(cfg.logs_dir, cfg.prefix + '.log')}")
         return 0
-    except UserError as exc:
-        if env.main:
-            log.error(f"Error: {exc.message}")
-        return 2
-    except (Stalled, RuntimeError) as exc:  # a worker or a rank that stopped answering: one line, any rank
-        lost = exc if isinstance(exc, Stalled) else stalled_error(exc, env, cfg.timeout)
-        if lost is None:
+    except (click.ClickException, RuntimeError) as exc:  # one line from any rank, or a traceback (a bug)
+        err = exc if isinstance(exc, click.ClickException) else stalled_error(exc, env, cfg.timeout)
+        if err is None:
             raise
-        log.error(f"Error: {lost.message}")
-        end_workers()
-        if env.world > 1:  # a collective can no longer finish: do not wait for it in teardown
-            os._exit(lost.exit_code)
-        return lost.exit_code
+        return failed(err, env, log)
     finally:
         stop.uninstall()
         dist.teardown()
+
+
+def failed(err: click.ClickException, env, log) -> int:
+    """Say a run's error once, whichever rank met it, and leave. A rank's own error is told to the
+    others (rank 0's log gets it from a rank that failed alone); rank 0's error, which every rank
+    may meet alike (a flag, the data), is said by rank 0 only; a rank that lost another says what
+    that rank told. With several ranks the exit is at once: a collective can no longer finish."""
+    if isinstance(err, ReportedElsewhere):
+        return err.exit_code
+    message = err.message
+    if isinstance(err, dist.LostRank):
+        told = dist.told_errors(env, wait=5.0)
+        if told:
+            r = min(told)
+            message = (f"rank {env.rank} stopped with rank {r}, which failed: {told[r]}"
+                       if env.world > 1 else told[r])
+    elif env.world > 1:
+        dist.tell_error(env, message)
+        if not env.main:
+            same = dist.told_errors(env, wait=2.0, ranks=[0]).get(0) == message
+            message = None if same else f"rank {env.rank}: {message}"
+    if message is not None:
+        log.error(f"Error: {message}")  # every rank's console (warnings and up); rank 0's log file too
+    if isinstance(err, Stalled):
+        end_workers()
+    if env.world > 1 or getattr(err, "hard", False):  # hard: a dead worker's pipeline would wait at exit
+        end_workers()
+        hard_exit(err.exit_code)
+    return err.exit_code
 
 
 def branch_off(cfg: TrainConfig, env, log, state: dict):
