@@ -1,24 +1,23 @@
 """Find a dataset directory's splits, classes and mean/std (the layout tools/im2rec.py writes).
 
 A split S is every `.rec` whose name without extension and `-NNNNN` shard suffix is S or ends in
-`_S` (`train.rec`, `imagenet_train.rec`, `train-00003.rec`), each with its `.idx` beside it.
+`_S` (`train.rec`, `imagenet_train.rec`, `train-00003.rec`), each with its `.idx` beside it; each
+list's files must be the set its last packing wrote (toolkit/shards.py: a mixture is refused).
 """
 import dataclasses
 import glob
 import json
 import os
-import re
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-from toolkit import recordio
+from toolkit import recordio, shards
 from toolkit.errors import UserError
 from toolkit.lists import read_classes
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # 0-255 RGB
 IMAGENET_STD = (58.395, 57.12, 57.375)
-_SHARD = re.compile(r"-\d{5}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +29,7 @@ class DatasetInfo:
 
 
 def _split_base(name: str) -> str:
-    return _SHARD.sub("", os.path.splitext(name)[0])
+    return shards.base(name)
 
 
 def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
@@ -50,6 +49,10 @@ def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
             raise UserError(f"{idx}: index file missing for {rec} "
                             "(rebuild it with: tools/im2rec.py --verify --fix-index PREFIX)")
         pairs.append((rec, idx))
+    for name in sorted({shards.base(r) for r in recs}):  # each list's files: one packing's set
+        wrong = shards.problem(name)
+        if wrong:
+            raise UserError(f"{data_dir}: split {split!r}: {wrong}")
     return pairs
 
 
@@ -116,6 +119,11 @@ class RecordSet:
 
     def read(self, i: int) -> bytes:
         return self.readers[self.shard[i]].read(int(self.local[i]))
+
+    def name(self, i: int) -> str:
+        """A record's id in every tool's output: FILE.rec#KEY (KEY: its .idx key, the .lst image id)."""
+        r = self.readers[self.shard[i]]
+        return f"{r.path}#{r.keys[self.local[i]]}"
 
     def where(self, i: int) -> str:
         r = self.readers[self.shard[i]]

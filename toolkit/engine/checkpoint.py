@@ -104,6 +104,15 @@ def load(path: str) -> dict:
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
 
 
+def prefix_of(path: str) -> str:
+    """The run a checkpoint file belongs to, by its name: `fork-0001.pt` continues as run `fork`,
+    whatever prefix the configuration inside it names (a copied checkpoint is a fork)."""
+    m = _NAME.match(os.path.basename(path))
+    if not m:
+        raise UserError(f"{path}: not a checkpoint name (PREFIX-NNNN.pt or PREFIX-NNNN-bNNNNNN.pt)")
+    return m["prefix"]
+
+
 def list_checkpoints(directory: str, prefix: Optional[str] = None) -> Dict[str, Dict[Tuple[int, int], str]]:
     """{prefix: {(epoch, batch): path}} of the checkpoints in `directory`."""
     out: Dict[str, Dict[Tuple[int, int], str]] = {}

@@ -58,6 +58,17 @@ def writable_file(path: str, flag: str):
     writable_dir(os.path.dirname(path) or ".", flag)
 
 
+def not_an_input(path: str, flag: str, inputs):
+    """An output file must not be one of the tool's inputs (it would be read, then written over)."""
+    if not os.path.exists(path):
+        return
+    real = os.path.realpath(path)
+    same = next((p for p in inputs if os.path.realpath(p) == real), None)
+    if same is not None:
+        raise UserError(f"{flag} {path}: is one of the inputs ({same}) and would be written over; "
+                        f"give {flag} another file name")
+
+
 def check_output_dirs(cfg: TrainConfig, env):
     """--logs-dir and --checkpoints-dir, before the log is opened: rank 0 writes both."""
     def check():

@@ -5,19 +5,16 @@ returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoi
 2 a user error (one line, no traceback).
 """
 import functools
-import json
 import os
 import shlex
-import socket
 import sys
-import time
 
 import click
 import torch
 
 from toolkit import mxlog
 from toolkit.data.workers import end_workers, stalled
-from toolkit.engine import branches, checkpoint, determinism, dist, preflight
+from toolkit.engine import branches, checkpoint, determinism, dist, preflight, status
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.signals import StopRequest
@@ -82,39 +79,27 @@ def raise_stalled(exc: RuntimeError, env, timeout: float):
 STATUS = {0: "finished", 130: "stopped"}  # any other exit code: "failed"
 
 
-def write_status(cfg: TrainConfig, status: str, **extra):
-    """LOGS/PREFIX.status.json, atomically (see recorded)."""
-    from toolkit.atomic import atomic_open
-    from toolkit.journal import status_path
-    try:
-        os.makedirs(cfg.logs_dir or ".", exist_ok=True)
-        with atomic_open(status_path(cfg.logs_dir, cfg.prefix)) as f:
-            json.dump({"status": status, "pid": os.getpid(), "host": socket.gethostname(),
-                       "time": time.time(), **extra}, f)
-    except OSError:  # an unwritable --logs-dir: the run's pre-flight check says so in one line
-        pass
-
-
 def recorded(run_fn):
-    """LOGS/PREFIX.status.json for tools/runs.py and tools/sweep.py (what the log cannot say): "running"
-    with the pid and host while the run trains (a pid that is gone: killed), then how the launch
-    ended: finished (exit 0), stopped (130), failed (2, or an exception), also when it leaves at once
-    (errors.hard_exit: a lost rank, a dead worker, a second Ctrl-C). Rank 0 writes it, atomically.
-    A fresh run that will refuse to overwrite an earlier run's checkpoints leaves that run's file."""
+    """LOGS/PREFIX.status.json for tools/runs.py and tools/sweep.py (what the log cannot say,
+    toolkit/engine/status.py): "running" with a heartbeat while the run lives, then how the launch
+    ended: finished (exit 0), stopped (130), failed (2, or an exception), also when it leaves at
+    once (errors.hard_exit: a lost rank, a dead worker, a second Ctrl-C). Rank 0 writes it. A fresh
+    run that will refuse to overwrite an earlier run's checkpoints leaves that run's file."""
     @functools.wraps(run_fn)
     def wrapper(cfg: TrainConfig, state=None, resumed_from=None) -> int:
         if os.environ.get("RANK", "0") != "0" or (
                 state is None and checkpoint.list_checkpoints(cfg.checkpoints_dir, cfg.prefix)):
             return run_fn(cfg, state, resumed_from)
-        write_status(cfg, "running")
-        last = at_hard_exit(lambda c: write_status(cfg, STATUS.get(c, "failed"), code=c))
+        last = at_hard_exit(lambda c: status.write_status(
+            cfg.logs_dir, cfg.prefix, STATUS.get(c, "failed"), code=c))
         code = None
         try:
-            code = run_fn(cfg, state, resumed_from)
+            with status.heartbeat(cfg.logs_dir, cfg.prefix):
+                code = run_fn(cfg, state, resumed_from)
             return code
         finally:
             forget_hard_exit(last)
-            write_status(cfg, STATUS.get(code, "failed"), code=code)
+            status.write_status(cfg.logs_dir, cfg.prefix, STATUS.get(code, "failed"), code=code)
     return wrapper
 
 
@@ -149,8 +134,8 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
         ensure_data(cfg, env)
         cfg = preflight.settle_num_classes(cfg, env, log)
         trainer = Trainer(cfg, env, log, state, resumed_from, stop)
-        if state is not None:
-            branch_off(cfg, env, log, state)
+        if state is not None:  # the branch starts at the first step it trains, not before
+            trainer.before_first_step = functools.partial(branch_off, cfg, env, log, state)
         result = trainer.fit()
         if result.get("stopped"):
             log.info(f"to resume: {resume_command(cfg, env)}")
@@ -199,7 +184,8 @@ def failed(err: click.ClickException, env, log) -> int:
 
 def branch_off(cfg: TrainConfig, env, log, state: dict):
     """Resuming before the newest checkpoint: the later ones move to an abandoned-branch folder
-    (rank 0, once every rank is ready to train: a run that fails to start moves nothing)."""
+    (rank 0, at the first training step on every rank: a run that fails or is stopped before it,
+    or whose resumed validation pass is cut short, moves nothing)."""
     if env.main:
         position = (state["epoch"], state["batch"])
         folder = branches.start_branch(cfg.checkpoints_dir, cfg.prefix, position)
@@ -212,7 +198,13 @@ def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
     """Continue a run from PREFIX-%04d.pt (or the newest checkpoint) with optional overrides."""
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
     state = checkpoint.load(path)
-    cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir, **overrides)
+    # the run continues under the prefix it is resumed as (its file's name): a copied checkpoint
+    # (MXNet's way to fork an experiment) never writes into the original run's files
+    cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir,
+                   prefix=checkpoint.prefix_of(path), **overrides)
+    if "meta" in state and os.path.isdir(cfg.data):  # the data's class map must be the run's
+        from toolkit.inference.meta import check_class_map
+        check_class_map(state["meta"], cfg.data, path)
     if lr is not None:  # a new LR takes effect from here: constant unless a schedule is given too
         cfg = override(cfg, lr=lr, lr_from_epoch=state["position"],
                        lr_schedule=overrides.get("lr_schedule") or "constant",
