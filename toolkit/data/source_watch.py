@@ -32,8 +32,9 @@ class SourceWatch:
         self.processes, self.timeout, self.what = list(processes), timeout, what
         self.since, self.error, self.heard = None, None, threading.Event()
         self._closed = threading.Event()
-        if signal.getsignal(self.SIGNAL) is not _raise_pending:  # one handler for every watch
-            signal.signal(self.SIGNAL, _raise_pending)
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(self.SIGNAL) is not _raise_pending:  # one handler for every watch
+            signal.signal(self.SIGNAL, _raise_pending)  # (a loader read from another thread: the GRACE end)
         self._thread = threading.Thread(target=self._watch, name="dali-source-watch", daemon=True)
         self._thread.start()
         _WATCHES.append(self)  # end_workers closes it before it ends the workers
