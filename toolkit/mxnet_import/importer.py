@@ -12,6 +12,8 @@ import time
 from typing import List, Optional, Sequence
 
 from toolkit.data.discovery import IMAGENET_MEAN, IMAGENET_STD
+from toolkit.engine.config import make_config
+from toolkit.inference.meta import describe
 from toolkit.errors import UserError
 from toolkit.mxnet_import.convert import build, convert
 from toolkit.mxnet_import.params import read_params, split_arg_aux
@@ -99,8 +101,6 @@ def import_mxnet(prefix: str, epoch: int, output: Optional[str] = None, image_si
 
 
 def _checkpoint(graph, model, image_size, mean, std, names, prefix, epoch, origin) -> dict:
-    from toolkit.engine.config import make_config
-    from toolkit.inference.meta import describe
     cfg = make_config("mxnet", graph=json.dumps(graph, separators=(",", ":")), image_size=image_size,
                       num_classes=graph["classes"], mean=tuple(mean), std=tuple(std),
                       prefix=os.path.basename(prefix), epochs=max(epoch, 1))

@@ -38,6 +38,7 @@ class Transfer:
         first ("dataset": the dataset's), then the source's (ImageNet's for torchvision's weights)."""
         from toolkit.data import dataset_info
         from toolkit.engine.config import override
+        cfg = self.graph(cfg)
         if not self.fresh or (cfg.mean is None and cfg.std is None and self.source is None):
             return cfg  # a resume keeps its run's; without these flags, the dataset's
         data = dataset_info(cfg.data)
@@ -54,6 +55,18 @@ class Transfer:
         self.lines.append(f"normalisation: mean {_fmt(mean)} std {_fmt(std)}: {origin} "
                           f"(the dataset's: mean {_fmt(data.mean)} std {_fmt(data.std)})")
         return override(cfg, mean=mean, std=std)
+
+    def graph(self, cfg):
+        """An imported MXNet model (tools/import_mxnet.py): its graph, stored in the source's
+        configuration, is the network recipe mxnet builds (the one hook for graph checkpoints)."""
+        graph = (self.source.config or {}).get("graph") if self.fresh and self.source is not None else None
+        if not graph or cfg.graph:
+            return cfg
+        if cfg.recipe != "mxnet":
+            raise UserError(f"--init-from {self.source.text} is an imported MXNet model: train it with "
+                            "--recipe mxnet (its graph comes with it)")
+        from toolkit.engine.config import override
+        return override(cfg, graph=graph)
 
     def attach(self, model: nn.Module, cfg):
         """Load --init-from into `model` and set up the freezing; call before building the optimizer."""
