@@ -199,7 +199,7 @@ def _scalar(fn):
     return make
 
 
-def _binary(fn, text):
+def _fixed(fn, text):
     return lambda attrs, shapes: Fn(fn, text)
 
 
@@ -224,12 +224,15 @@ MAKERS: Dict[str, Callable] = {
     "Convolution": Conv, "BatchNorm": BatchNorm, "FullyConnected": Linear, "Activation": activation,
     "LeakyReLU": leaky_relu, "Flatten": _flatten, "flatten": _flatten, "Concat": _concat,
     "concat": _concat, "Dropout": Dropout, "LRN": _lrn, "Reshape": _reshape, "reshape": _reshape,
-    "clip": _clip, "_constant": Constant, "relu": _binary(F.relu, "relu"), "sigmoid": _binary(torch.sigmoid, "sigmoid"),
-    "tanh": _binary(torch.tanh, "tanh"), "add_n": _binary(_sum, "sum"), "ElementWiseSum": _binary(_sum, "sum"),
-    "identity": _binary(lambda x: x, "identity"), "_copy": _binary(lambda x: x, "identity"),
-    "BlockGrad": _binary(lambda x: x, "identity"), "stop_gradient": _binary(lambda x: x, "identity"),
+    "clip": _clip, "_constant": Constant, "relu": _fixed(F.relu, "relu"), "sigmoid": _fixed(torch.sigmoid, "sigmoid"),
+    "tanh": _fixed(torch.tanh, "tanh"), "abs": _fixed(torch.abs, "abs"), "exp": _fixed(torch.exp, "exp"),
+    "log": _fixed(torch.log, "log"), "sqrt": _fixed(torch.sqrt, "sqrt"), "square": _fixed(torch.square, "square"),
+    "negative": _fixed(torch.neg, "negative"), "_maximum": _fixed(torch.maximum, "maximum"),
+    "_minimum": _fixed(torch.minimum, "minimum"), "add_n": _fixed(_sum, "sum"), "ElementWiseSum": _fixed(_sum, "sum"),
+    "identity": _fixed(lambda x: x, "identity"), "_copy": _fixed(lambda x: x, "identity"),
+    "BlockGrad": _fixed(lambda x: x, "identity"), "stop_gradient": _fixed(lambda x: x, "identity"),
     **{op: _scalar(fn) for op, fn in SCALARS.items()},
-    **{op: _binary(fn, text) for text, (fn, ops) in BINARY.items() for op in ops},
+    **{op: _fixed(fn, text) for text, (fn, ops) in BINARY.items() for op in ops},
 }
 
 

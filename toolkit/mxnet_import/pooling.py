@@ -2,13 +2,12 @@
 
 Output size per spatial axis (input x, kernel k, stride s, pad p):
     'valid': 1 + floor((x + 2p - k) / s)      'full': 1 + ceil((x + 2p - k) / s)
-    'same':  ceil(x / s), the padding (out - 1) * s + k - x split with the smaller half first.
+('same' exists in MXNet for 1-D max pooling only, so never in an image network.)
 PyTorch's ceil_mode drops a last window that starts in the right padding and refuses p > k / 2;
-MXNet does neither, so the input is padded here to the exact extent the windows cover (-inf for max,
+MXNet does neither, so the input is padded here to the exact extent the windows cover (the lowest float for max,
 zeros for avg/sum) and pooled without padding. An average divides by the window's cells inside
 [-p, x + p) (count_include_pad, MXNet's default) or inside [0, x).
 """
-import math
 from typing import List, Tuple
 
 import torch
@@ -20,10 +19,6 @@ from toolkit.mxnet_import.ops import tup, value
 
 def axis_geometry(x: int, k: int, s: int, p: int, convention: str) -> Tuple[int, int, int]:
     """(output size, padding before, padding after) of one axis."""
-    if convention == "same":
-        out = -(-x // s)
-        total = max((out - 1) * s + k - x, 0)
-        return out, total // 2, total - total // 2
     span = x + 2 * p - k
     out = 1 + (-(-span // s) if convention == "full" else span // s)
     return out, p, (out - 1) * s + k - x - p
@@ -48,6 +43,8 @@ class Pool(nn.Module):
         self.include_pad = bool(value(attrs, "count_include_pad", True))
         if len(self.kernel) != 2 and not self.global_pool:
             raise ValueError(f"only 2-D pooling is taken (kernel {self.kernel})")
+        if self.convention not in ("valid", "full"):
+            raise ValueError(f"Pooling pooling_convention {self.convention} is not taken (valid, full)")
 
     def extra_repr(self):
         return (f"{self.kind}, global" if self.global_pool else
@@ -62,7 +59,7 @@ class Pool(nn.Module):
         (h, w), (kh, kw), (sh, sw), (ph, pw) = x.shape[2:], self.kernel, self.stride, self.pad
         oh, top, bottom = axis_geometry(h, kh, sh, ph, self.convention)
         ow, left, right = axis_geometry(w, kw, sw, pw, self.convention)
-        fill = -math.inf if self.kind == "max" else 0.0
+        fill = torch.finfo(x.dtype).min if self.kind == "max" else 0.0  # MXNet's value of an empty window
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom), value=fill)
         if self.kind == "max":

@@ -6,7 +6,7 @@ NAME is a Gluon model zoo network (random weights, hybridized, net.export: plain
 `mod_resnet18` / `mod_alexnet` / `mod_inception_bn` (symbols as MXNet's example/image-classification
 writes them, saved by mx.model.save_checkpoint: arg:/aux: keys), `legacy_resnet18` (mod_resnet18's
 symbol rewritten with the keys of MXNet < 0.9: `param`, no aux variables, no version; MXNet 1.9.1
-loads it and must give the same output), or `params_cases` (.params files of every dtype and
+loads it and must give the same output), `ops` (one small graph per operator and option the importer takes), or `params_cases` (.params files of every dtype and
 layout, the hand-written pre-magic and V1 layouts checked by mx.nd.load).
 Per model: NAME-symbol.json, NAME-0000.params, NAME-input.npy, NAME-logits.npy (the input of the
 softmax head, computed by MXNet from the files just written) and NAME.json (seconds, head name).
@@ -55,9 +55,9 @@ def conv_bn(data, name, nf, k, s, p, eps=2e-5):
     return mx.sym.BatchNorm(c, fix_gamma=False, eps=eps, momentum=0.9, name=name + "_bn")
 
 
-def resnet_symbol(units=(2, 2, 2, 2), filters=(16, 16, 32, 64, 128), classes=10):
+def resnet_symbol(units=(2, 2, 2, 2), filters=(4, 4, 8, 16, 32), classes=10):
     """example/image-classification/symbols/resnet.py's pre-activation ResNet (basic blocks; an
-    eighth of its widths, to keep the files small)."""
+    sixteenth of its widths, to keep the files small)."""
     data = mx.sym.Variable("data")
     body = mx.sym.BatchNorm(data, fix_gamma=True, eps=2e-5, momentum=0.9, name="bn_data")
     body = mx.sym.Convolution(body, num_filter=filters[0], kernel=(7, 7), stride=(2, 2), pad=(3, 3),
@@ -231,14 +231,74 @@ def params_cases(out):
                    for k, v in arrays.items()}, f)
 
 
+def op_cases():
+    """name -> (symbol of data -> one operator, input shape): every operator and option the importer
+    takes, as a small graph each (weights as mx.sym.Variable, drawn by randomize)."""
+    d = mx.sym.Variable("data")
+    v = mx.sym.Variable
+    pool = lambda name, **kw: (mx.sym.Pooling(d, name=name, **kw), (2, 3, 9, 10))  # noqa: E731
+    return {
+        "conv_group_dilate": (mx.sym.Convolution(d, num_filter=6, kernel=(3, 3), dilate=(2, 2), pad=(2, 1),
+                                                 stride=(2, 1), num_group=3, name="c"), (2, 3 * 2, 9, 8)),
+        "conv_no_bias": (mx.sym.Convolution(d, num_filter=4, kernel=(1, 3), no_bias=True, name="c"), (2, 3, 5, 6)),
+        "bn_default": (mx.sym.BatchNorm(d, name="b"), (2, 3, 4, 4)),  # eps 1e-3, fix_gamma True
+        "bn_eps_free_gamma": (mx.sym.BatchNorm(d, eps=2e-5, fix_gamma=False, name="b"), (2, 3, 4, 4)),
+        "bn_global_stats": (mx.sym.BatchNorm(d, use_global_stats=True, fix_gamma=False, name="b"), (2, 3, 4, 4)),
+        "act_kinds": (mx.sym.Concat(*[mx.sym.Activation(d, act_type=a) for a in
+                                      ("relu", "sigmoid", "tanh", "softrelu", "softsign")], dim=1), (2, 3, 4, 4)),
+        "leaky_kinds": (mx.sym.Concat(mx.sym.LeakyReLU(d, act_type="leaky", slope=0.1),
+                                      mx.sym.LeakyReLU(d, act_type="elu", slope=0.7), mx.sym.LeakyReLU(d, act_type="selu"),
+                                      mx.sym.LeakyReLU(d, act_type="gelu"), mx.sym.LeakyReLU(d),
+                                      mx.sym.LeakyReLU(d, act_type="prelu", gamma=v("p_alpha"), name="p"),
+                                      dim=1), (2, 3, 4, 4)),
+        "pool_max_full_pad": pool("p", kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="max",
+                                  pooling_convention="full"),
+        "pool_avg_full_pad": pool("p", kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="avg",
+                                  pooling_convention="full"),
+        "pool_avg_full_exclude": pool("p", kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="avg",
+                                      pooling_convention="full", count_include_pad=False),
+        "pool_avg_big_pad": pool("p", kernel=(2, 2), stride=(3, 3), pad=(1, 1), pool_type="avg"),
+        "pool_max_ceil_edge": pool("p", kernel=(1, 1), stride=(4, 4), pool_type="max", pooling_convention="full"),
+        "pool_sum_valid": pool("p", kernel=(3, 2), stride=(1, 2), pool_type="sum"),
+        "pool_global_max": pool("p", kernel=(1, 1), global_pool=True, pool_type="max"),
+        "lrn": (mx.sym.LRN(d, nsize=3, alpha=0.3, beta=0.6, knorm=1.5), (2, 5, 4, 4)),
+        "fc_flatten": (mx.sym.FullyConnected(d, num_hidden=5, name="f"), (2, 3, 2, 2)),
+        "fc_no_flatten_no_bias": (mx.sym.FullyConnected(d, num_hidden=5, flatten=False, no_bias=True, name="f"),
+                                  (2, 3, 4)),
+        "scalars_clip_sigmoid": (mx.sym.sigmoid(mx.sym.clip(((d - 0.5) * 2.0 / 4.0 + 1.0), -0.3, 0.4))
+                                 + mx.sym.relu(1.0 - d) + 2.0 / (mx.sym.abs(d) + 1), (2, 3, 4, 4)),
+        "broadcast_ops": (mx.sym.broadcast_add(d, v("bias_const", shape=(1, 3, 1, 1))) * mx.sym.broadcast_mul(d, v("scale_const", shape=(1, 1, 4, 1)))
+                          - mx.sym.elemwise_add(d, d), (2, 3, 4, 4)),
+        "reshape_flatten_concat_dropout": (mx.sym.Concat(mx.sym.Reshape(d, shape=(0, -1)),
+                                                         mx.sym.Dropout(mx.sym.Flatten(d), p=0.3), dim=1),
+                                           (2, 3, 4, 4)),
+    }
+
+
+def ops(out):
+    """Each operator case: NAME-symbol.json, NAME-0000.params (Module keys), input and MXNet's output."""
+    for name, (sym, shape) in op_cases().items():
+        shapes, _, aux_shapes = sym.infer_shape(data=shape)
+        args = {n: _Holder(mx.nd.zeros(s)) for n, s in zip(sym.list_arguments(), shapes) if n != "data"}
+        aux = {n: _Holder(mx.nd.zeros(s)) for n, s in zip(sym.list_auxiliary_states(), aux_shapes)}
+        randomize({**args, **aux}, 5)
+        prefix = os.path.join(out, name)
+        mx.model.save_checkpoint(prefix, 0, sym, {n: h.data for n, h in args.items()},
+                                 {n: h.data for n, h in aux.items()})
+        x = np.random.RandomState(2).uniform(-3, 3, shape).astype(np.float32)
+        y, _ = logits(prefix, x)
+        np.save(prefix + "-input.npy", x)
+        np.save(prefix + "-logits.npy", y)
+
+
 def main():
     out, names = sys.argv[1], sys.argv[2].split(",")
     size = int(sys.argv[sys.argv.index("--size") + 1]) if "--size" in sys.argv else 224
     batch = int(sys.argv[sys.argv.index("--batch") + 1]) if "--batch" in sys.argv else 2
     os.makedirs(out, exist_ok=True)
     for name in names:
-        if name == "params_cases":
-            params_cases(out)
+        if name in ("params_cases", "ops"):
+            {"params_cases": params_cases, "ops": ops}[name](out)
             continue
         start = time.time()
         if name.startswith("mod_"):
