@@ -214,3 +214,42 @@ def test_recipe_mxnet_needs_a_graph_and_other_recipes_refuse_one(imported):
     model = build_model("mxnet", **cfg.model_kwargs())
     assert model.fc1.weight.shape == (4, 32)  # a new head for 4 classes
     assert "sha256:" in cfg.to_json() and len(cfg.to_json()) < 3000  # the log header: the graph's digest
+
+
+def test_an_input_size_the_graph_cannot_take_is_one_line(tmp_path):
+    """A FullyConnected over a flattened map fixes the input size: --init-from says which to pass."""
+    from toolkit.engine.config import make_config
+    from toolkit.transfer.hook import Transfer
+    from toolkit.transfer.weights import read_source
+    out = tmp_path / "fc.pt"
+    assert invoke([MODELS / "ops" / "fc_flatten", "--epoch", "0", "--out", out, "--image-size", "2"]).exit_code == 0
+    result = invoke([MODELS / "ops" / "fc_flatten", "--epoch", "0", "--out", out, "--image-size", "5"])
+    assert result.exit_code == 2 and "does not run on a 5x5 image: node f (Linear)" in result.output
+    transfer = Transfer(make_config("mxnet"), None, True, read_source(str(out)))
+    with pytest.raises(UserError, match=r"does not run on a 224x224 image .*; pass --image-size 2 \(its size\)"):
+        transfer.graph(make_config("mxnet"))
+    assert transfer.graph(make_config("mxnet", image_size=2)).graph
+
+
+@pytest.mark.slow
+def test_fine_tune_an_imported_model_with_a_new_head(imported, tmp_path):
+    """train.py --recipe mxnet --init-from: a new 4-class head, the body frozen for an epoch; resume."""
+    from tests.test_engine_runs import launcher, run
+    from toolkit.toy import ensure_toy_dataset
+    data = ensure_toy_dataset(str(tmp_path / "sym4"), images_per_class=4, num_classes=4, quiet=True,
+                              variant="symbols")
+    ck = tmp_path / "ck"
+    run([*launcher(1), "tools/train.py", "--recipe", "mxnet", "--init-from", str(imported), "--freeze-epochs", "1",
+         "--epochs", "1", "--image-size", "32", "--data", data, "--batch-size", "8", "--workers", "0",
+         "--prefix", "ft", "--logs-dir", str(ck), "--checkpoints-dir", str(ck)])
+    log = open(ck / "ft.log").read()
+    assert "init new (as built here: a new head): fc1.weight, fc1.bias" in log
+    assert "normalisation: mean (0.000, 0.000, 0.000) std (1.000, 1.000, 1.000): the source's" in log
+    src = torch.load(imported, weights_only=True)["model"]
+    tuned = torch.load(ck / "ft-0001.pt", weights_only=True)["model"]
+    assert torch.equal(src["stage1_unit1_conv1.weight"], tuned["stage1_unit1_conv1.weight"])  # frozen in Epoch[0]
+    assert tuned["fc1.weight"].shape == (4, 32)
+    run([*launcher(1), "tools/resume.py", "--prefix", "ft", "--checkpoints-dir", str(ck), "--epochs", "2",
+         "--workers", "0"])
+    assert not torch.equal(src["stage1_unit1_conv1.weight"],
+                           torch.load(ck / "ft-0002.pt", weights_only=True)["model"]["stage1_unit1_conv1.weight"])

@@ -120,7 +120,7 @@ def _op_node(sym, n, params, params_path, names):
         var = sym.nodes[j].name
         if var not in params:
             raise _weight_error(params_path, var, what, n.name)
-        array = params[var].astype(np.float32)
+        array = params[var].astype(np.float32, copy=False)
         key = torch_names[what]
         fail = lambda want, var=var, what=what, array=array: _weight_error(  # noqa: E731
             params_path, var, what, n.name, array.shape, want)
@@ -162,13 +162,16 @@ def _classes(nodes, head, sym) -> int:
 def build(graph: dict, state: Dict[str, torch.Tensor], image_size: int) -> GraphNet:
     """The module with the weights in place, checked by a forward pass on one image."""
     try:
-        model = GraphNet(graph)
+        with torch.device("meta"):  # no initialisation drawn for weights that are read in next
+            model = GraphNet(graph)
     except ValueError as exc:
         raise UserError(f"cannot rebuild the graph: {exc}") from None
-    missing = model.load_state_dict(state, strict=False).missing_keys
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    full = {k: state.get(k, torch.zeros((), dtype=torch.long) if k.endswith("num_batches_tracked") else None)
+            for k in model.state_dict()}
+    missing = [k for k, v in full.items() if v is None]
     if missing:
         raise UserError(f"the graph needs {missing[0]} but the .params file has no such weight")
+    model.load_state_dict(full, assign=True)
     model.eval()
     try:
         with torch.no_grad():

@@ -78,3 +78,14 @@ class GraphNet(nn.Module):
                 raise ValueError(f"node {name} ({type(getattr(self, name)).__name__}) does not take its "
                                  f"input of shape {shapes}: {str(exc).splitlines()[0]}") from None
         return list(values)
+
+
+def check_input_size(graph: str, size: int) -> str:
+    """'' when the graph (JSON text) runs on a size x size image, else what stops it (shapes only:
+    on the meta device, nothing computed)."""
+    try:
+        with torch.device("meta"):
+            GraphNet(json.loads(graph)).eval().trace_shapes(torch.zeros(1, 3, size, size))
+    except ValueError as exc:
+        return f"the graph does not run on a {size}x{size} image ({exc})"
+    return ""

@@ -45,15 +45,17 @@ def input_scaling(graph: dict) -> str:
 
 
 def normalisation(graph, module: bool, mean, std):
-    """(mean, std, where they come from): --mean/--std; raw pixels where the graph scales its input;
-    else example/image-classification's --rgb-mean for Module checkpoints, ImageNet's for Gluon's."""
+    """(mean, std, where they come from): --mean/--std; for Gluon's exports ImageNet's (its model zoo's
+    transforms; its ResNet v2 starts with a BatchNorm, on normalised input all the same); for Module
+    checkpoints raw pixels where the graph scales its input (bn_data, _minus_scalar, ...), else
+    example/image-classification's --rgb-mean default."""
     scaling = input_scaling(graph)
-    if scaling:
-        base = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), f"raw 0-255 pixels: the graph scales its input ({scaling})")
-    elif module:
-        base = (EXAMPLE_MEAN, (1.0, 1.0, 1.0), "MXNet example/image-classification's --rgb-mean default")
-    else:
+    if not module:
         base = (IMAGENET_MEAN, IMAGENET_STD, "ImageNet's, as Gluon's model zoo expects")
+    elif scaling:
+        base = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), f"raw 0-255 pixels: the graph scales its input ({scaling})")
+    else:
+        base = (EXAMPLE_MEAN, (1.0, 1.0, 1.0), "MXNet example/image-classification's --rgb-mean default")
     if mean or std:
         return tuple(mean or base[0]), tuple(std or base[1]), "--mean/--std"
     return base

@@ -35,20 +35,20 @@ class _Stream:
         self.data, self.pos, self.path = data, 0, path
 
     def take(self, fmt: str):
-        size = struct.calcsize(fmt)
+        values = struct.unpack_from("<" + fmt, self.data, self.skip(struct.calcsize(fmt)))
+        return values if len(values) > 1 else values[0]
+
+    def skip(self, size: int) -> int:
+        """Step over `size` bytes; returns where they start."""
         if self.pos + size > len(self.data):
             raise UserError(f"{self.path}: not an MXNet .params file (ends early at byte {self.pos}); "
                             "pass the PREFIX-NNNN.params that mx.model.save_checkpoint or net.export wrote")
-        values = struct.unpack_from("<" + fmt, self.data, self.pos)
         self.pos += size
-        return values if len(values) > 1 else values[0]
+        return self.pos - size
 
     def raw(self, size: int) -> bytes:
-        if self.pos + size > len(self.data):
-            self.take(f"{size}x")  # raises
-        out = self.data[self.pos:self.pos + size]
-        self.pos += size
-        return out
+        start = self.skip(size)
+        return self.data[start:start + size]
 
 
 def _shape(s: _Stream, legacy_ndim=None, signed=False) -> Tuple[int, ...]:
@@ -86,7 +86,8 @@ def _array(s: _Stream, index: int) -> np.ndarray:
                         "which this reader does not take; cast it to float32 in MXNet and save again")
     dtype = np.dtype(DTYPES[flag])
     count = int(np.prod(shape, dtype=np.int64))
-    return np.frombuffer(s.raw(count * dtype.itemsize), dtype=dtype).reshape(shape).copy()
+    start = s.skip(count * dtype.itemsize)
+    return np.frombuffer(s.data, dtype=dtype, count=count, offset=start).reshape(shape).copy()
 
 
 def read_params(path: str) -> Dict[str, np.ndarray]:

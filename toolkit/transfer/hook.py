@@ -66,6 +66,11 @@ class Transfer:
             raise UserError(f"--init-from {self.source.text} is an imported MXNet model: train it with "
                             "--recipe mxnet (its graph comes with it)")
         from toolkit.engine.config import override
+        from toolkit.mxnet_import.graph import check_input_size
+        size = self.source.config.get("image_size")
+        problem = check_input_size(graph, cfg.image_size)
+        if problem:
+            raise UserError(f"--init-from {self.source.text}: {problem}; pass --image-size {size} (its size)")
         return override(cfg, graph=graph)
 
     def attach(self, model: nn.Module, cfg):
