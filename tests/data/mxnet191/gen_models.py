@@ -9,7 +9,7 @@ symbol rewritten with the keys of MXNet < 0.9: `param`, no aux variables, no ver
 loads it and must give the same output), `ops` (one small graph per operator and option the importer takes), or `params_cases` (.params files of every dtype and
 layout, the hand-written pre-magic and V1 layouts checked by mx.nd.load).
 Per model: NAME-symbol.json, NAME-0000.params, NAME-input.npy, NAME-logits.npy (the input of the
-softmax head, computed by MXNet from the files just written) and NAME.json (seconds, head name).
+softmax head, computed by MXNet from the files just written). Deterministic (fixed seeds).
 """
 import json
 import os
@@ -310,8 +310,6 @@ def main():
         y, head = logits(os.path.join(out, name), x)
         np.save(os.path.join(out, name + "-input.npy"), x)
         np.save(os.path.join(out, name + "-logits.npy"), y)
-        with open(os.path.join(out, name + ".json"), "w") as f:
-            json.dump({"seconds": time.time() - start, "output": head, "size": size}, f)
         print(name, y.shape, f"{time.time() - start:.1f}s", flush=True)
 
 
