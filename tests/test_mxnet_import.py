@@ -213,6 +213,8 @@ def test_recipe_mxnet_needs_a_graph_and_other_recipes_refuse_one(imported):
     cfg = Transfer(make_config("mxnet"), None, True, source).graph(make_config("mxnet", num_classes=4))
     model = build_model("mxnet", **cfg.model_kwargs())
     assert model.fc1.weight.shape == (4, 32)  # a new head for 4 classes
+    params = dict(model.named_parameters())  # fix_gamma's gamma never learns (and DDP finds no unused one)
+    assert "bn_data.weight" not in params and "bn0.weight" in params and "bn_data.bias" in params
     assert "sha256:" in cfg.to_json() and len(cfg.to_json()) < 3000  # the log header: the graph's digest
 
 
@@ -253,3 +255,13 @@ def test_fine_tune_an_imported_model_with_a_new_head(imported, tmp_path):
          "--workers", "0"])
     assert not torch.equal(src["stage1_unit1_conv1.weight"],
                            torch.load(ck / "ft-0002.pt", weights_only=True)["model"]["stage1_unit1_conv1.weight"])
+
+
+def test_visualize_normalises_as_the_model_was_trained(imported, tmp_path):
+    """An imported bn_data ResNet takes raw pixels (mean 0, std 1): the visualizations feed it so,
+    not with the dataset's mean/std (they did for every checkpoint whose configuration sets them)."""
+    from toolkit.toy import ensure_toy_dataset
+    from toolkit.visualize.run import load_run
+    data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
+    run = load_run(str(imported.parent), "r18", 0, data=data, device="cpu")
+    assert run.mean.flatten().tolist() == [0.0, 0.0, 0.0] and run.std.flatten().tolist() == [1.0, 1.0, 1.0]

@@ -20,6 +20,7 @@ from toolkit.mxnet_import.params import read_params, split_arg_aux
 from toolkit.mxnet_import.symbol import read_symbol
 
 EXAMPLE_MEAN = (123.68, 116.779, 103.939)  # example/image-classification's --rgb-mean default (std 1)
+NO_DATA = "(imported from MXNet: pass --data DIR)"  # the tools' default dataset: none, say so
 SCALING_OPS = ("BatchNorm", "_minus_scalar", "_mul_scalar", "_div_scalar", "_plus_scalar", "_MinusScalar",
                "_MulScalar", "_DivScalar", "_PlusScalar", "broadcast_sub", "broadcast_mul", "broadcast_div")
 
@@ -105,7 +106,7 @@ def import_mxnet(prefix: str, epoch: int, output: Optional[str] = None, image_si
 def _checkpoint(graph, model, image_size, mean, std, names, prefix, epoch, origin) -> dict:
     cfg = make_config("mxnet", graph=json.dumps(graph, separators=(",", ":")), image_size=image_size,
                       num_classes=graph["classes"], mean=tuple(mean), std=tuple(std),
-                      prefix=os.path.basename(prefix), epochs=max(epoch, 1))
+                      prefix=os.path.basename(prefix), epochs=max(epoch, 1), data=NO_DATA)
     info = _Info(names, mean, std)
     meta = describe(cfg, info)
     meta["mxnet"] = {"prefix": prefix, "epoch": epoch, "output": graph["output"][0], "head": graph["head_op"],

@@ -71,6 +71,9 @@ class BatchNorm(nn.BatchNorm2d):
                          momentum=1.0 - float(value(attrs, "momentum", 0.9)))
         self.fix_gamma = bool(value(attrs, "fix_gamma", True))
         self.use_global_stats = bool(value(attrs, "use_global_stats", False))
+        if self.fix_gamma:  # a buffer, not a parameter: nothing learns it, DDP finds no unused parameter
+            del self.weight
+            self.register_buffer("weight", torch.ones(shapes["weight"][0]))
         if int(value(attrs, "axis", 1)) != 1:
             raise ValueError("BatchNorm over an axis other than 1 (channels) is not taken")
 

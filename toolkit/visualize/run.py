@@ -121,6 +121,8 @@ def load_run(checkpoints_dir: str = "checkpoints", prefix: Optional[str] = None,
     model.load_state_dict(state["model"])
     model.eval()
     names = info.class_names or [str(i) for i in range(cfg.num_classes)]
-    mean = torch.tensor(info.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    # the normalisation the model was trained with (--init-from's, --mean/--std, an imported model's
+    # in its configuration), else the dataset's
+    mean = torch.tensor(cfg.mean or info.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std or info.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     return Run(path, cfg, model, dev, data, names, mean, std)
