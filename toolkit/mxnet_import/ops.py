@@ -243,13 +243,15 @@ def make_module(op: str, attrs: Dict[str, str], shapes: Dict[str, tuple]) -> nn.
     from toolkit.mxnet_import.pooling import Pool
     if op in ("Pooling", "Pooling_v1"):
         return Pool(attrs)
-    return MAKERS[op](attrs, shapes)
+    module = MAKERS[op](attrs, shapes)
+    if type(module) is Fn:  # named after its operator in layer lists (tools/extract_features.py --list-layers)
+        module.__class__ = _FN_TYPES.setdefault(op, type(op.strip("_") or op, (Fn,), {"__module__": __name__}))
+    return module
+
+
+_FN_TYPES: Dict[str, type] = {}
 
 
 def supported(op: str) -> bool:
     return op in MAKERS or op in ("Pooling", "Pooling_v1") or op in HEADS
-
-
-def out_channels(shapes: Dict[str, tuple]) -> int:
-    return shapes["weight"][0] if "weight" in shapes else 0
 
