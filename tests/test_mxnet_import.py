@@ -226,7 +226,7 @@ def test_an_input_size_the_graph_cannot_take_is_one_line(tmp_path):
     out = tmp_path / "fc.pt"
     assert invoke([MODELS / "ops" / "fc_flatten", "--epoch", "0", "--out", out, "--image-size", "2"]).exit_code == 0
     result = invoke([MODELS / "ops" / "fc_flatten", "--epoch", "0", "--out", out, "--image-size", "5"])
-    assert result.exit_code == 2 and "does not run on a 5x5 image: node f (Linear)" in result.output
+    assert result.exit_code == 2 and "does not run on a 5x5 image (node f (Linear)" in result.output
     transfer = Transfer(make_config("mxnet"), None, True, read_source(str(out)))
     with pytest.raises(UserError, match=r"does not run on a 224x224 image .*; pass --image-size 2 \(its size\)"):
         transfer.graph(make_config("mxnet"))

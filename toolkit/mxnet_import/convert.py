@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from toolkit.errors import UserError
-from toolkit.mxnet_import.graph import GRAPH_FORMAT, GraphNet, module_name
+from toolkit.mxnet_import.graph import GRAPH_FORMAT, GraphNet, check_input_size, module_name
 from toolkit.mxnet_import.ops import HEADS, WEIGHTS, supported, value, weight_names
 from toolkit.mxnet_import.symbol import Symbol
 
@@ -160,7 +160,7 @@ def _classes(nodes, head, sym) -> int:
 
 
 def build(graph: dict, state: Dict[str, torch.Tensor], image_size: int) -> GraphNet:
-    """The module with the weights in place, checked by a forward pass on one image."""
+    """The module with the weights in place, checked by a forward pass of shapes on one image."""
     try:
         with torch.device("meta"):  # no initialisation drawn for weights that are read in next
             model = GraphNet(graph)
@@ -172,11 +172,7 @@ def build(graph: dict, state: Dict[str, torch.Tensor], image_size: int) -> Graph
     if missing:
         raise UserError(f"the graph needs {missing[0]} but the .params file has no such weight")
     model.load_state_dict(full, assign=True)
-    model.eval()
-    try:
-        with torch.no_grad():
-            model.trace_shapes(torch.zeros(1, 3, image_size, image_size))
-    except ValueError as exc:
-        raise UserError(f"the graph does not run on a {image_size}x{image_size} image: {exc}; pass "
-                        "--image-size as the model was trained") from None
-    return model
+    problem = check_input_size(graph, image_size)
+    if problem:
+        raise UserError(f"{problem}; pass --image-size as the model was trained")
+    return model.eval()

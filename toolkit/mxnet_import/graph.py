@@ -80,12 +80,13 @@ class GraphNet(nn.Module):
         return list(values)
 
 
-def check_input_size(graph: str, size: int) -> str:
-    """'' when the graph (JSON text) runs on a size x size image, else what stops it (shapes only:
-    on the meta device, nothing computed)."""
+def check_input_size(graph, size: int) -> str:
+    """'' when the graph (a dict or its JSON text) runs on a size x size image, else what stops it
+    (shapes only: on the meta device, nothing computed)."""
     try:
         with torch.device("meta"):
-            GraphNet(json.loads(graph)).eval().trace_shapes(torch.zeros(1, 3, size, size))
+            net = GraphNet(json.loads(graph) if isinstance(graph, str) else graph)
+            net.eval().trace_shapes(torch.zeros(1, 3, size, size))
     except ValueError as exc:
         return f"the graph does not run on a {size}x{size} image ({exc})"
     return ""
