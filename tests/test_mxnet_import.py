@@ -184,7 +184,7 @@ def test_checkpoint_is_ours_with_the_graph_as_data(imported):
     state = torch.load(imported, weights_only=True)  # no pickled code in it
     assert state["config"]["recipe"] == "mxnet" and json.loads(state["config"]["graph"])["format"] == "mxnet-graph/1"
     meta = state["meta"]
-    assert meta["class_names"][3] == "n00000003 class 3" and meta["image_size"] == 32 and meta["num_classes"] == 10
+    assert meta["class_names"][3] == "n00000003" and meta["image_size"] == 32 and meta["num_classes"] == 10
     assert "graph" not in meta["model_kwargs"]
 
 

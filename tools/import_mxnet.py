@@ -26,7 +26,8 @@ from toolkit.cli import _rgb
               help="0-255, as ImageRecordIter's mean_r/g/b; default: what the graph implies.")
 @click.option("--std", callback=_rgb, default=None, metavar="R,G,B", help="0-255, as ImageRecordIter's std_r/g/b.")
 @click.option("--classes", default=None, metavar="SYNSET",
-              help="Class names, one a line (synset.txt); default: 0..N-1.")
+              help="Class names in label order: synset.txt (each line's first word, the wnid: the "
+                   "folder names our classes.tsv holds) or a classes.tsv; default: 0..N-1.")
 def main(prefix, epoch, out, output, image_size, mean, std, classes):
     from toolkit.engine import checkpoint
     from toolkit.engine.preflight import writable_file

@@ -15,6 +15,7 @@ from toolkit.data.discovery import IMAGENET_MEAN, IMAGENET_STD
 from toolkit.engine.config import make_config
 from toolkit.inference.meta import describe
 from toolkit.errors import UserError
+from toolkit.lists import read_classes
 from toolkit.mxnet_import.convert import build, convert
 from toolkit.mxnet_import.params import read_params, split_arg_aux
 from toolkit.mxnet_import.symbol import read_symbol
@@ -66,13 +67,17 @@ def class_names(path: Optional[str], count: int) -> List[str]:
     if not path:
         return [str(i) for i in range(count)]
     try:
-        with open(path, encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip()]
+        if path.endswith(".tsv"):
+            names = read_classes(path)
+        else:  # the folder names a dataset's classes.tsv holds: the wnid of "n01440764 tench, Tinca tinca"
+            with open(path, encoding="utf-8") as f:
+                names = [line.split()[0] for line in f if line.strip()]
     except OSError as exc:
         raise UserError(f"--classes {path}: cannot read it ({exc.strerror})") from None
     if len(names) != count:
         raise UserError(f"--classes {path}: {len(names)} names, but the model has {count} classes; one "
-                        "name a line (MXNet's synset.txt: 'n01440764 tench, Tinca tinca')")
+                        "class a line in label order (MXNet's synset.txt: 'n01440764 tench, Tinca tinca'; "
+                        "its first word is the name) or a classes.tsv")
     return names
 
 
