@@ -101,6 +101,8 @@ def test_module_checkpoints_match_mxnet(name, size, tmp_path):
     state, model, lines = import_mxnet(str(tmp_path / "m" / name), 0, image_size=size)
     rel, top1 = parity(model, str(tmp_path / "m" / name))
     assert rel < 1e-4 and top1
+    dropped = [r for done in model.done for r in done]  # every map freed after its last reader, once
+    assert sorted(dropped) == sorted({r for _, refs in model.steps for r, _ in refs}) and "fc1" not in dropped
     graph = json.loads(state["config"]["graph"])
     assert graph["head"] == "fc1" and graph["head_op"] == "SoftmaxOutput" and graph["classes"] == 10
     if "resnet" in name:  # bn_data on raw pixels: no outside normalisation

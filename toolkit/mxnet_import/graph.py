@@ -60,11 +60,16 @@ class GraphNet(nn.Module):
             refs = [(r[0] if r[0] == self.input_name else module_name(r[0]), int(r[1])) for r in node["inputs"]]
             self.steps.append((name, refs))
         self.head = module_name(graph["head"])
+        out = module_name(self.output[0])
+        last = {r: i for i, (_, refs) in enumerate(self.steps) for r, _ in refs}  # a value's last reader
+        self.done = [[r for r, j in last.items() if j == i and r != out] for i in range(len(self.steps))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: Dict[str, torch.Tensor] = {self.input_name: x}
-        for name, refs in self.steps:
+        for (name, refs), done in zip(self.steps, self.done):
             values[name] = getattr(self, name)(*[values[r] for r, _ in refs])
+            for r in done:  # dropped after its last reader: evaluation holds a few maps, not all
+                del values[r]
         return values[module_name(self.output[0])]
 
     def trace_shapes(self, x: torch.Tensor) -> List[str]:
