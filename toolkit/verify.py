@@ -50,7 +50,7 @@ def rebuild_index(rec_path: str, idx_path: str) -> int:
     return len(lines)
 
 
-def _decodes(payload: bytes) -> bool:
+def decodes(payload: bytes) -> bool:
     try:
         tvio.decode_image(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
         return True
@@ -67,7 +67,7 @@ def verify_rec(rec_path: str, fix_index: bool = False) -> VerifyReport:
         header, image = recordio.unpack(payload)
         label = float(header.label) if header.flag == 0 else float(header.label[0])
         report.labels[label] += 1
-        if not _decodes(image):
+        if not decodes(image):
             report.bad_images += 1
             report.problems.append(f"{rec_path}: record id {header.id} at offset {off} does not decode")
     report.records = len(offsets)
