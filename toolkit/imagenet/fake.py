@@ -67,8 +67,9 @@ def _meta_mat(id_wnids, words, internal: int) -> bytes:
 
 
 def make_fake_imagenet(root: str, classes: int = 4, per_class: int = 5, val: int = 12, size=(40, 32),
-                       odd: bool = True, seed: int = 0) -> Dict[str, str]:
-    """Write the fake set under root; returns the paths (train_tar, val_tar, devkit, train, val, kaggle)."""
+                       odd: bool = True, broken: bool = False, seed: int = 0) -> Dict[str, str]:
+    """Write the fake set under root; returns the paths (train_tar, val_tar, devkit, train, val, kaggle)
+    and `wnids` (the classes in the devkit's ID order, comma-separated)."""
     rng = random.Random(seed)
     wnids = [f"n{rng.randrange(1_000_000, 99_999_999):08d}" for _ in range(classes)]
     words = {w: f"thing {k}, object {k}" for k, w in enumerate(wnids)}
@@ -77,6 +78,8 @@ def make_fake_imagenet(root: str, classes: int = 4, per_class: int = 5, val: int
     if odd:  # the odd files in the first class, as in ImageNet's train set
         for kind, data in odd_files(rng).items():
             train[wnids[0]][f"{wnids[0]}_{kind}.JPEG"] = data
+    if broken:  # a file no decoder reads
+        train[wnids[-1]][f"{wnids[-1]}_broken.JPEG"] = b"\xff\xd8\xff\xe0 not really a JPEG"
     val_wnids = [wnids[(k * 7 + 3) % classes] for k in range(val)]
     val_files = {f"ILSVRC2012_val_{k + 1:08d}.JPEG": _jpeg(rng, size[0], size[1] + k) for k in range(val)}
     id_wnids = list(reversed(wnids)) if wnids == sorted(wnids) else list(wnids)  # never sorted
@@ -113,4 +116,5 @@ def make_fake_imagenet(root: str, classes: int = 4, per_class: int = 5, val: int
     _write(os.path.join(p["kaggle"], "LOC_val_solution.csv"), ("ImageId,PredictionString\n" + "".join(rows)).encode())
     _write(os.path.join(p["kaggle"], "LOC_synset_mapping.txt"),
            "".join(f"{w} {words[w]}\n" for w in sorted(wnids)).encode())
+    p["wnids"] = ",".join(id_wnids)
     return p

@@ -154,18 +154,11 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
     if not records:
         raise UserError(f"{split.src}: none of its {total} images could be read (warnings above)")
     im2rec.write_mean_std(prefix + ".mean_std.json", sum(np.array(s["acc"]) for s in shards), records)
-    _remove_stale(prefix, names)
     kinds = collections.Counter()
     for s in shards:
         kinds.update(s["kinds"])
     return {"records": records, "images": total, "shards": len(names), "kinds": dict(kinds),
             "skipped": [w for s in shards for w in s["warnings"]]}
-
-
-def _remove_stale(prefix: str, names: List[str]):
-    """Record files of this split that this packing did not write (another --num-shards before)."""
-    stale = {os.path.splitext(f)[0] for f in glob.glob(prefix + ".rec") + glob.glob(prefix + "-[0-9]*.rec")}
-    im2rec.remove_shards(sorted(stale - set(names)))
 
 
 _FILES: Dict[str, int] = {}  # tar file -> descriptor, per packing process
