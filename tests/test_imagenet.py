@@ -192,11 +192,16 @@ IM2REC = REPO / "tools" / "im2rec.py"
 
 
 
-def test_im2rec_id_wnids_takes_the_devkit_or_meta_mat_and_refuses_a_sorted_list(net, tar_set, tmp_path, capsys):
+def _im2rec_tool():
     import importlib.util
     spec = importlib.util.spec_from_file_location("_im2rec_tool", str(IM2REC))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_im2rec_id_wnids_takes_the_devkit_or_meta_mat_and_refuses_a_sorted_list(net, tar_set, tmp_path, capsys):
+    tool = _im2rec_tool()
     shutil.copy(os.path.join(tar_set, "classes.tsv"), tmp_path / "classes.tsv")
     gt = tmp_path / "gt.txt"
     import tarfile
@@ -213,3 +218,24 @@ def test_im2rec_id_wnids_takes_the_devkit_or_meta_mat_and_refuses_a_sorted_list(
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and "in sorted order, as in LOC_synset_mapping.txt" in err[0]
     assert not (tmp_path / "x.lst").exists()
+
+
+def test_manual_route_words_from_the_devkit_verify_totals_and_evaluate_names_words(net, tar_set, tmp_path, capsys):
+    import numpy as np
+    from toolkit.engine.evaluation import class_words, per_class_table
+    tool = _im2rec_tool()
+    # --synsets takes the devkit: classes.tsv with the words, as the one command writes it
+    tool.main(["--list", "--recursive", "--no-shuffle", "--synsets", net["devkit"], str(tmp_path / "imagenet_train"),
+               net["train"]])
+    for name in ("classes.tsv", "imagenet_train.lst"):
+        assert (tmp_path / name).read_text() == open(os.path.join(tar_set, name)).read()
+    tool.main(["--verify", tar_set])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["split imagenet_train: 23 records in 3 file(s), 0 undecodable, 4 labels, 0 problems",
+                        "split imagenet_val: 12 records in 1 file(s), 0 undecodable, 4 labels, 0 problems"]
+    # evaluate's per-class CSV: a words column from classes.tsv
+    table = per_class_table(np.eye(4, dtype=np.int64), lists.read_classes(os.path.join(tar_set, "classes.tsv")),
+                            class_words(tar_set))
+    mapping = lists.read_synset_words(os.path.join(net["kaggle"], "LOC_synset_mapping.txt"))
+    assert list(table.columns[:3]) == ["class", "name", "words"]
+    assert list(table["words"]) == [mapping[w] for w in sorted(mapping)] and "object" in table["words"][0]

@@ -26,6 +26,7 @@ class VerifyReport:
     labels: Dict[float, int] = dataclasses.field(default_factory=collections.Counter)
     problems: List[str] = dataclasses.field(default_factory=list)
     rebuilt: bool = False
+    files: int = 1  # record files counted (a split's total: its shards)
 
     @property
     def ok(self) -> bool:
@@ -103,3 +104,16 @@ def verify_prefix(prefix: str, fix_index: bool = False) -> List[VerifyReport]:
     if not recs:
         raise UserError(f"no record file matches {pattern}")
     return [verify_rec(r, fix_index) for r in recs]
+
+
+def totals_per_split(reports: List[VerifyReport]) -> Dict[str, VerifyReport]:
+    """One report per split (NAME.rec, or its shards NAME-NNNNN.rec): counts and labels summed."""
+    from toolkit.data.discovery import split_base
+    totals: Dict[str, VerifyReport] = {}
+    for r in reports:
+        name = split_base(os.path.basename(r.rec))
+        t = totals.setdefault(name, VerifyReport(name, files=0))
+        t.records, t.bad_images, t.files = t.records + r.records, t.bad_images + r.bad_images, t.files + 1
+        t.labels.update(r.labels)
+        t.problems += r.problems
+    return totals

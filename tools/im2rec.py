@@ -85,13 +85,17 @@ def run_list(a):
 
 def run_verify(a):
     bad = 0
-    for r in verify.verify_prefix(a.prefix, a.fix_index):
+    reports = verify.verify_prefix(a.prefix, a.fix_index)
+    for r in reports:
         counts = " ".join(f"{int(k) if float(k).is_integer() else k}:{v}" for k, v in sorted(r.labels.items()))
         print(f"{r.rec}: {r.records} records, {r.bad_images} undecodable"
               f"{', .idx rebuilt' if r.rebuilt else ''}; per label {counts}")
         for problem in r.problems:
             print(f"  problem: {problem}")
         bad += not r.ok
+    for split, t in verify.totals_per_split(reports).items():
+        print(f"split {split}: {t.records} records in {t.files} file(s), {t.bad_images} undecodable, "
+              f"{len(t.labels)} labels, {len(t.problems)} problems")
     if bad:
         raise UserError(f"{bad} record file(s) have problems (listed above)")
 
