@@ -30,11 +30,13 @@ def parse_args(argv=None):
     g.add_argument("--no-shuffle", dest="shuffle", action="store_false")
     g.add_argument("--label-from-name", action="store_true",
                    help="Kaggle-style sets: the label is the file name before the first dot")
-    g.add_argument("--synsets", help="ImageNet synset words file: adds the words to classes.tsv")
+    g.add_argument("--synsets", help="ImageNet synset words (synset_words.txt, LOC_synset_mapping.txt, or the "
+                                     "devkit / its meta.mat): adds the words to classes.tsv")
     g.add_argument("--imagenet-val-gt", metavar="GT",
                    help="ILSVRC2012_validation_ground_truth.txt: label ROOT's val images from it")
     g.add_argument("--imagenet-id-wnids", metavar="FILE",
-                   help="wnid of each ILSVRC2012_ID, one per line (maps the devkit ids to train labels)")
+                   help="the devkit (ILSVRC2012_devkit_t12.tar.gz), its data/meta.mat, or the wnid of each "
+                        "ILSVRC2012_ID one per line (maps the devkit ids to train labels)")
     g.add_argument("--classes", metavar="TSV",
                    help="the train list's classes.tsv, for --imagenet-val-gt (default: classes.tsv beside "
                         "PREFIX, else the wnids in sorted order, as the train list numbers synset folders)")

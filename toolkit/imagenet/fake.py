@@ -66,6 +66,22 @@ def _meta_mat(id_wnids, words, internal: int) -> bytes:
     return buf.getvalue()
 
 
+def write_devkit(path: str, id_wnids, words, val_wnids, internal: int = 2):
+    """ILSVRC2012_devkit_t12.tar.gz: data/meta.mat (IDs in the order of id_wnids, then internal
+    nodes) and data/ILSVRC2012_validation_ground_truth.txt (the ID of each validation image)."""
+    gt = "".join(f"{id_wnids.index(w) + 1}\n" for w in val_wnids)
+    kit = {"ILSVRC2012_devkit_t12/data/meta.mat": _meta_mat(id_wnids, words, internal),
+           "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": gt.encode(),
+           "ILSVRC2012_devkit_t12/readme.txt": b"devkit\n"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in kit.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    _write(path, buf.getvalue())
+
+
 def make_fake_imagenet(root: str, classes: int = 4, per_class: int = 5, val: int = 12, size=(40, 32),
                        odd: bool = True, broken: bool = False, seed: int = 0) -> Dict[str, str]:
     """Write the fake set under root; returns the paths (train_tar, val_tar, devkit, train, val, kaggle)
@@ -92,17 +108,7 @@ def make_fake_imagenet(root: str, classes: int = 4, per_class: int = 5, val: int
     # the outer tar in sorted order, the images inside each synset's tar not: the tool sorts
     _write(p["train_tar"], _tar_bytes({f"{w}.tar": _tar_bytes(dict(reversed(train[w].items()))) for w in sorted(wnids)}))
     _write(p["val_tar"], _tar_bytes(dict(reversed(val_files.items()))))
-    gt = "".join(f"{id_wnids.index(w) + 1}\n" for w in val_wnids)
-    kit = {"ILSVRC2012_devkit_t12/data/meta.mat": _meta_mat(id_wnids, words, internal=2),
-           "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": gt.encode(),
-           "ILSVRC2012_devkit_t12/readme.txt": b"devkit\n"}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in kit.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    _write(p["devkit"], buf.getvalue())
+    write_devkit(p["devkit"], id_wnids, words, val_wnids)
     cls_loc = os.path.join(p["kaggle"], "ILSVRC", "Data", "CLS-LOC")
     for base in (p["train"], os.path.join(cls_loc, "train")):
         for w, files in train.items():
