@@ -85,11 +85,18 @@ def test_an_interrupted_run_continued_ends_byte_identical(net, tar_set, tmp_path
     assert "run the same command to continue" in result.output
     assert sorted(f for f in os.listdir(out) if f.endswith(".rec")) == ["imagenet_train-00000.rec"]
     first = os.stat(out / "imagenet_train-00000.rec").st_mtime_ns
+    (out / ".imagenet_train-00001.rec.tmp-999999").write_bytes(b"a killed run's shard")
     monkeypatch.setattr(preparing, "encode_image", real)
+    import fcntl
+    with open(out / preparing.LOCK) as lock:  # another prepare writing the same folder
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _one_line(run(
+            "prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", net["devkit"],
+            "--out", out, *FLAGS, code=2), "another tools/imagenet.py prepare is writing it")
     result = prepared(net, out, "tar")
     assert "shards 0..0 of 3 are done" in result.output
     assert os.stat(out / "imagenet_train-00000.rec").st_mtime_ns == first  # not packed again
-    same_files(tar_set, out)
+    same_files(tar_set, out)  # and the killed run's temp file is gone
 
 
 def test_odd_files_are_stored_as_rgb_jpegs_both_backends_read_and_counted(net, tmp_path):
@@ -163,6 +170,12 @@ def test_bad_input_is_one_line_before_any_work(net, tar_set, tmp_path):
         tar.add(net["val_tar"], "ILSVRC2012_devkit_t12/readme.txt")
     _one_line(run("prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", kit,
                   "--out", tmp_path / "o", code=2), "no data/meta.mat inside")
+    with tarfile.open(net["devkit"]) as tar:
+        (tmp_path / "meta.mat").write_bytes(tar.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read())
+    _one_line(run("prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", tmp_path / "meta.mat",
+                  "--out", tmp_path / "o", code=2), "no data/ILSVRC2012_validation_ground_truth.txt: give the devkit tarball")
+    _one_line(run("prepare", "--train", net["train_tar"], "--val", net["train_tar"], "--devkit", net["devkit"],
+                  "--out", tmp_path / "o", code=2), "no images: is this ILSVRC2012_img_val.tar")
     shutil.copytree(net["kaggle"], tmp_path / "k")
     with open(tmp_path / "k" / "LOC_val_solution.csv", "a") as f:
         f.write("ILSVRC2012_val_00000002,n99999999 1 2 3 4\n")  # a later row wins: a class with no train images

@@ -13,7 +13,7 @@ import click
 
 from toolkit import im2rec
 from toolkit.errors import UserError
-from toolkit.imagenet import check as checking, prepare as preparing
+from toolkit.imagenet import prepare as preparing
 
 PACK_FLAGS = [
     click.option("--resize", type=click.IntRange(min=0), default=0, show_default=True,
@@ -50,10 +50,10 @@ def main():
 def prepare(train, val, devkit, kaggle, out, resize, quality, pass_through, num_shards, num_thread):
     """Lists, classes.tsv, records and mean/std from the downloads: no image written to disk;
     Ctrl-C and the same command again continues with the first unfinished shard."""
-    plan = preparing.plan(train, val, devkit, kaggle, out)
     opts = im2rec.PackOptions(resize=resize, quality=quality, pass_through=pass_through,
                               num_thread=num_thread, num_shards=num_shards)
     try:
+        plan = preparing.plan(train, val, devkit, kaggle, out)
         summary = preparing.prepare(plan, opts)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: the finished shards are kept (recorded in {out}/{preparing.STATE}); "
@@ -77,6 +77,7 @@ def prepare(train, val, devkit, kaggle, out, resize, quality, pass_through, num_
 @click.option("--num-thread", type=click.IntRange(min=1), default=os.cpu_count() or 1, help="Default: all cores.")
 def check(data, devkit, classes, train_count, val_count, num_thread):
     """Verify a prepared set: class and record counts, every record decoded, labels."""
+    from toolkit.imagenet import check as checking  # torch, for the decode: only here
     problems = checking.check(data, classes, {preparing.TRAIN: train_count, preparing.VAL: val_count},
                               devkit, num_thread)
     for p in problems:

@@ -85,8 +85,9 @@ def check(data: str, classes: int, counts: Dict[str, int], devkit: Optional[str]
     names = lists.read_classes(cls_path)
     if len(names) != classes:
         problems.append(f"classes.tsv lists {len(names)} classes, expected {classes} (--classes)")
-    if kit and names != sorted(kit.leaves)[:len(names)]:
-        problems.append(f"classes.tsv's wnids are not the devkit's {len(kit.leaves)} leaves in sorted order")
+    if kit and (names != sorted(names) or set(names) - set(kit.leaves)):
+        problems.append(f"classes.tsv's wnids are not {len(names)} of the devkit's {len(kit.leaves)} leaves "
+                        "in sorted order")
     for name in (TRAIN, VAL):
         got = read_split(data, name, processes)
         want = _expected(data, name)

@@ -82,8 +82,8 @@ def read_ground_truth(path: str) -> List[int]:
         return _read_ids(f.read(), path)
 
 
-def val_wnids_from_devkit(kit: Devkit, names: List[str], where: str) -> List[str]:
-    """The wnid of each validation image (`names`, sorted ILSVRC2012_val_%08d files)."""
+def val_wnids_from_devkit(kit: Devkit) -> List[str]:
+    """The wnid of each validation image (ILSVRC2012_val_%08d k at k-1)."""
     if kit.ground_truth is None:
         raise UserError(f"{kit.path}: no data/{GROUND_TRUTH}: give the devkit tarball, not meta.mat alone")
     ids = kit.ground_truth

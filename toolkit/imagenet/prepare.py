@@ -10,6 +10,7 @@ set its packing wrote: other NAME.rec / NAME-NNNNN.rec files of it are removed a
 """
 import collections
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -25,6 +26,7 @@ from toolkit.imagenet import devkit as dk, sources
 from toolkit.imagenet.sources import Split
 
 STATE = "prepare.json"
+LOCK = ".prepare.lock"
 TRAIN, VAL = "imagenet_train", "imagenet_val"
 KIND_NAMES = {"cmyk": "CMYK JPEG", "png": "PNG named .JPEG", "grayscale": "grayscale JPEG", "other": "other format"}
 
@@ -90,7 +92,7 @@ def _check_out(out: str, settings: dict) -> dict:
     """The recorded state of `out` for these settings; another set there is refused."""
     path = os.path.join(out, STATE)
     if not os.path.exists(path):
-        if glob.glob(os.path.join(out, "*.rec")) or os.path.exists(os.path.join(out, "classes.tsv")):
+        if glob.glob(os.path.join(glob.escape(out), "*.rec")) or os.path.exists(os.path.join(out, "classes.tsv")):
             raise UserError(f"{out} holds a dataset not made by tools/imagenet.py prepare (no {STATE}): "
                             "give another --out, or delete its files")
         return {"settings": settings, "shards": {}}
@@ -117,6 +119,18 @@ def prepare(p: Plan, opts: im2rec.PackOptions, log=print) -> dict:
     texts = _texts(p)
     state = _check_out(p.out, _settings(opts, texts))
     os.makedirs(p.out, exist_ok=True)
+    with open(os.path.join(p.out, LOCK), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{p.out}: another tools/imagenet.py prepare is writing it (wait for it, or give "
+                            "another --out)") from None
+        for tmp in glob.glob(os.path.join(glob.escape(p.out), ".imagenet_*.tmp-*")):
+            os.remove(tmp)  # a killed run's unfinished shard
+        return _prepare_locked(p, opts, texts, state, log)
+
+
+def _prepare_locked(p: Plan, opts, texts, state, log) -> dict:
     _save(p.out, state)  # first: files of a run without it are another tool's
     for fname, text in texts.items():  # classes.tsv written once: a later run has the same text
         with atomic_open(os.path.join(p.out, fname)) as f:

@@ -6,8 +6,11 @@ ILSVRC2012_val_N names, labels from the devkit's ground truth through meta.mat, 
 import dataclasses
 import os
 import re
+import sys
 import tarfile
 from typing import Dict, List, Optional, Tuple
+
+from tqdm import tqdm
 
 from toolkit import lists
 from toolkit.errors import UserError
@@ -48,8 +51,10 @@ def _images(tar: tarfile.TarFile, base: int = 0):
 def train_from_tar(path: str) -> Split:
     """ILSVRC2012_img_train.tar: one nXXXXXXXX.tar per synset, each holding that synset's JPEGs."""
     found: Dict[str, List[Tuple[str, int, int]]] = {}
-    with _open_tar(path) as outer:
+    with _open_tar(path) as outer, tqdm(unit=" synsets", desc="reading the train tar's headers",
+                                        disable=None, file=sys.stderr) as bar:
         for m in outer:
+            bar.update()
             wnid = os.path.basename(m.name)[:-4]
             if not (m.isfile() and m.name.endswith(".tar") and WNID.match(wnid)):
                 raise UserError(f"{path}: member {m.name!r} is not a per-synset tar (n01440764.tar): "
@@ -89,8 +94,9 @@ def _train_split(where: str, found) -> Split:
 def val_from_tar(path: str) -> Split:
     with _open_tar(path) as tar:
         rows = sorted(_images(tar))
-        if any(os.path.dirname(m.name) for m in tar.getmembers() if m.isfile()):
-            raise UserError(f"{path}: holds folders: is this ILSVRC2012_img_val.tar (50,000 flat JPEGs)?")
+        if not rows or any(os.path.dirname(m.name) for m in tar.getmembers() if m.isfile()):
+            raise UserError(f"{path}: {'holds folders' if rows else 'no images'}: is this ILSVRC2012_img_val.tar "
+                            "(50,000 JPEGs, no folders)? (--val takes it or the unpacked folder)")
     return Split([r[0] for r in rows], [], path, [(r[1], r[2]) for r in rows])
 
 
@@ -109,8 +115,9 @@ def open_route(path: str, kind: str) -> Split:
 
 
 def label_val_by_devkit(val: Split, kit: dk.Devkit):
-    lists.check_val_numbering(val.paths, len(kit.ground_truth or []), val.src)
-    val.wnids = dk.val_wnids_from_devkit(kit, val.paths, val.src)
+    wnids = dk.val_wnids_from_devkit(kit)
+    lists.check_val_numbering(val.paths, len(wnids), val.src, f"{kit.path}'s ground truth")
+    val.wnids = wnids
 
 
 def label_val_by_kaggle(val: Split, solution: str):
