@@ -23,8 +23,8 @@ PACK_FLAGS = [
                  help="Store the JPEG bytes unchanged (the odd files are still stored as RGB JPEGs)."),
     click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Train record shards (the resumable unit); val is one file."),
-    click.option("--num-thread", type=click.IntRange(min=1), default=os.cpu_count() or 1,
-                 help="Packing processes (default: all cores); the output does not depend on it."),
+    click.option("--num-thread", type=click.IntRange(min=1), default=len(os.sched_getaffinity(0)),
+                 help="Packing processes (default: the cores this process may use); the output does not depend on it."),
 ]
 
 
@@ -74,7 +74,8 @@ def prepare(train, val, devkit, kaggle, out, resize, quality, pass_through, num_
 @click.option("--classes", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--train-count", type=click.IntRange(min=0), default=1281167, show_default=True)
 @click.option("--val-count", type=click.IntRange(min=0), default=50000, show_default=True)
-@click.option("--num-thread", type=click.IntRange(min=1), default=os.cpu_count() or 1, help="Default: all cores.")
+@click.option("--num-thread", type=click.IntRange(min=1), default=len(os.sched_getaffinity(0)),
+              help="Default: the cores this process may use.")
 def check(data, devkit, classes, train_count, val_count, num_thread):
     """Verify a prepared set: class and record counts, every record decoded, labels."""
     from toolkit.imagenet import check as checking  # torch, for the decode: only here

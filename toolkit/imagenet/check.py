@@ -98,7 +98,8 @@ def check(data: str, classes: int, counts: Dict[str, int], devkit: Optional[str]
         if got.records != counts[name]:
             problems.append(f"{name}: {got.records} records, expected {counts[name]}")
         if wrong:
-            problems.append(f"{name}: {len(wrong)} labels differ from {'the devkit' if kit and name == VAL else name + '.lst'}"
+            source = "the devkit" if kit and name == VAL else name + ".lst"
+            problems.append(f"{name}: {len(wrong)} labels differ from {source}"
                             f" (record id {wrong[0]}: {got.labels[wrong[0]]:g}, expected {want.get(wrong[0], 'none')})")
         problems += [f"{name}: {b}" for b in got.undecodable[:5]]
         if len(got.undecodable) > 5:

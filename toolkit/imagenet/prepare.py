@@ -67,10 +67,12 @@ def plan(train: Optional[str], val: Optional[str], devkit: Optional[str], kaggle
     return Plan(out, classes, words, splits)
 
 
-def list_items(p: Plan, name: str):
-    label = {w: i for i, w in enumerate(p.classes)}
+def list_items(p: Plan, name: str, start: int = 0):
+    """The split's list lines from `start` on, one at a time (1.28M of them for ImageNet's train)."""
+    label = {w: float(i) for i, w in enumerate(p.classes)}
     split = p.splits[name]
-    return [lists.ListItem(i, path, (float(label[w]),)) for i, (path, w) in enumerate(zip(split.paths, split.wnids))]
+    for i in range(start, len(split.paths)):
+        yield lists.ListItem(i, split.paths[i], (label[split.wnids[i]],))
 
 
 def _texts(p: Plan):
@@ -157,8 +159,7 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
         if first:
             log(f"{name}: shards 0..{first - 1} of {len(names)} are done (recorded in {STATE}); continuing")
         start = im2rec.shard_bounds(total, opts.num_shards)[first]
-        items = list_items(p, name)
-        jobs = ((split.job_source(i), items[i], opts) for i in range(start, total))
+        jobs = ((split.job_source(it.index), it, opts) for it in list_items(p, name, start))
         for r in im2rec.pack_jobs(jobs, total, prefix, opts, fn=encode_image, first_shard=first):
             done[str(r.shard)] = {"records": r.records, "skipped": r.skipped, "acc": r.acc.tolist(),
                                   "kinds": dict(r.kinds), "warnings": r.warnings}

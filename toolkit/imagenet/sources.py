@@ -130,7 +130,8 @@ def label_val_by_kaggle(val: Split, solution: str):
 
 def kaggle_paths(root: str):
     """(train folder, val folder, LOC_val_solution.csv, LOC_synset_mapping.txt) of Kaggle's download."""
-    paths = (os.path.join(root, "ILSVRC", "Data", "CLS-LOC", "train"), os.path.join(root, "ILSVRC", "Data", "CLS-LOC", "val"),
+    cls_loc = os.path.join(root, "ILSVRC", "Data", "CLS-LOC")
+    paths = (os.path.join(cls_loc, "train"), os.path.join(cls_loc, "val"),
              os.path.join(root, "LOC_val_solution.csv"), os.path.join(root, "LOC_synset_mapping.txt"))
     for p in paths:
         if not os.path.exists(p):
