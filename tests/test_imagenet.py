@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from tests.conftest import REPO
 from toolkit import im2rec, lists, recordio
-from toolkit.errors import UserError
 from toolkit.imagenet import fake, prepare as preparing
 from toolkit.sweep import load_command
 
@@ -83,9 +82,11 @@ def test_an_interrupted_run_continued_ends_byte_identical(net, tar_set, tmp_path
         "prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", net["devkit"],
         "--out", out, *FLAGS, code=130)
     assert "run the same command to continue" in result.output
-    assert sorted(f for f in os.listdir(out) if f.endswith(".rec")) == ["imagenet_train-00000.rec"]
-    first = os.stat(out / "imagenet_train-00000.rec").st_mtime_ns
-    (out / ".imagenet_train-00001.rec.tmp-999999").write_bytes(b"a killed run's shard")
+    # the finished shard waits under a hidden name: no reader sees a part of the split
+    assert not [f for f in os.listdir(out) if f.endswith(".rec")]
+    assert sorted(f for f in os.listdir(out) if ".rec" in f) == [".imagenet_train-00000.rec.part"]
+    first = os.stat(out / ".imagenet_train-00000.rec.part").st_mtime_ns
+    (out / "..imagenet_train-00001.rec.part.tmp-999999").write_bytes(b"a killed run's shard")
     monkeypatch.setattr(preparing, "encode_image", real)
     import fcntl
     with open(out / preparing.LOCK) as lock:  # another prepare writing the same folder
@@ -95,8 +96,13 @@ def test_an_interrupted_run_continued_ends_byte_identical(net, tar_set, tmp_path
             "--out", out, *FLAGS, code=2), "another tools/imagenet.py prepare is writing it")
     result = prepared(net, out, "tar")
     assert "shards 0..0 of 3 are done" in result.output
-    assert os.stat(out / "imagenet_train-00000.rec").st_mtime_ns == first  # not packed again
+    assert os.stat(out / "imagenet_train-00000.rec").st_mtime_ns == first  # not packed again (renamed)
     same_files(tar_set, out)  # and the killed run's temp file is gone
+    def written():
+        return {f: os.stat(out / f).st_mtime_ns for f in os.listdir(out) if f.endswith((".rec", ".idx", "std.json"))}
+    before = written()
+    assert "imagenet_train: 23 records" in prepared(net, out, "tar").output  # a finished set: nothing redone
+    assert written() == before
 
 
 def test_odd_files_are_stored_as_rgb_jpegs_both_backends_read_and_counted(net, tmp_path):

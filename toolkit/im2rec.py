@@ -233,11 +233,13 @@ class ShardResult:
     warnings: List[str] = dataclasses.field(default_factory=list)
 
 
-def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_shard: int = 0):
+def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_shard: int = 0, paths=None):
     """Encode `jobs` (the items of shards first_shard.. of a list of `total`, in order) with `fn`
-    (default encode_item) and write NAME[-K].rec/.idx; yield a ShardResult once each shard is in place.
-    A result may carry a fifth field, the image's kind, counted per shard."""
+    (default encode_item) and write NAME[-K].rec/.idx (or `paths(NAME[-K])`: (idx, rec) paths);
+    yield a ShardResult once each shard is in place. A result may carry a fifth field, the image's
+    kind, counted per shard."""
     names = shard_names(name, opts.num_shards)
+    paths = paths or (lambda n: (n + ".idx", n + ".rec"))
     bounds = shard_bounds(total, opts.num_shards)
     cv_threads = cv2.getNumThreads()
     if opts.num_thread <= 1:
@@ -248,7 +250,7 @@ def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_sha
                    disable=None, file=sys.stderr, smoothing=0.05)
         for shard in range(first_shard, len(names)):
             done = ShardResult(shard)
-            with recordio.IndexedRecordWriter(names[shard] + ".idx", names[shard] + ".rec") as writer:
+            with recordio.IndexedRecordWriter(*paths(names[shard])) as writer:
                 for _ in range(bounds[shard], bounds[shard + 1]):
                     key, record, stats, warning, *kind = next(results)
                     bar.update()

@@ -3,9 +3,11 @@ from any of the three routes (sources.py), resumable shard by shard.
 
 Records are im2rec's (toolkit/im2rec.pack_jobs, the same bytes as `tools/im2rec.py` packing the
 lists written here with the same flags), plus ImageNet's odd files (CMYK, PNG named .JPEG, grey)
-stored as RGB JPEGs also under --pass-through. Each finished shard is recorded in prepare.json with
-its counts and pixel sums, so the same command after a Ctrl-C or a kill continues at the first
-unfinished shard and ends with the same bytes as an uninterrupted run. A split is exactly the shard
+stored as RGB JPEGs also under --pass-through. Each finished shard waits under a hidden name
+(.NAME-00000.rec.part) and is recorded in prepare.json with its counts and pixel sums, so the same
+command after a Ctrl-C or a kill continues at the first unfinished shard and ends with the same
+bytes as an uninterrupted run; a split's shards are renamed into place together when all are done,
+so no reader ever sees part of a split. A split is exactly the shard
 set its packing wrote: other NAME.rec / NAME-NNNNN.rec files of it are removed at its end.
 """
 import collections
@@ -127,7 +129,7 @@ def prepare(p: Plan, opts: im2rec.PackOptions, log=print) -> dict:
         except BlockingIOError:
             raise UserError(f"{p.out}: another tools/imagenet.py prepare is writing it (wait for it, or give "
                             "another --out)") from None
-        for tmp in glob.glob(os.path.join(glob.escape(p.out), ".imagenet_*.tmp-*")):
+        for tmp in glob.glob(os.path.join(glob.escape(p.out), ".*imagenet_*.tmp-*")):
             os.remove(tmp)  # a killed run's unfinished shard
         return _prepare_locked(p, opts, texts, state, log)
 
@@ -146,21 +148,28 @@ def _prepare_locked(p: Plan, opts, texts, state, log) -> dict:
     return summary
 
 
+def _part(path: str) -> str:
+    """Where a finished shard file waits until its whole split is done: hidden, not a .rec to readers."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.part")
+
+
 def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) -> dict:
     prefix = os.path.join(p.out, name)
     split = p.splits[name]
     total = len(split.paths)
     names = im2rec.shard_names(prefix, opts.num_shards)
     done = state["shards"].setdefault(name, {})
-    first = 0
-    while str(first) in done and all(os.path.exists(names[first] + e) for e in (".rec", ".idx")):
-        first += 1
-    if first < len(names):
+    if name not in state.setdefault("committed", []):
+        first = 0
+        while str(first) in done and all(os.path.exists(_part(names[first] + e)) for e in (".rec", ".idx")):
+            first += 1
         if first:
             log(f"{name}: shards 0..{first - 1} of {len(names)} are done (recorded in {STATE}); continuing")
-        start = im2rec.shard_bounds(total, opts.num_shards)[first]
+        start = im2rec.shard_bounds(total, opts.num_shards)[first] if first < len(names) else total
         jobs = ((split.job_source(it.index), it, opts) for it in list_items(p, name, start))
-        for r in im2rec.pack_jobs(jobs, total, prefix, opts, fn=encode_image, first_shard=first):
+        for r in im2rec.pack_jobs(jobs, total, prefix, opts, fn=encode_image, first_shard=first,
+                                  paths=lambda n: (_part(n + ".idx"), _part(n + ".rec"))):
             done[str(r.shard)] = {"records": r.records, "skipped": r.skipped, "acc": r.acc.tolist(),
                                   "kinds": dict(r.kinds), "warnings": r.warnings}
             _save(p.out, state)
@@ -168,12 +177,24 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
     records = sum(s["records"] for s in shards)
     if not records:
         raise UserError(f"{split.src}: none of its {total} images could be read (warnings above)")
-    im2rec.write_mean_std(prefix + ".mean_std.json", sum(np.array(s["acc"]) for s in shards), records)
+    if name not in state["committed"]:
+        _commit(prefix, names, sum(np.array(s["acc"]) for s in shards), records)
+        state["committed"].append(name)
+        _save(p.out, state)
     kinds = collections.Counter()
     for s in shards:
         kinds.update(s["kinds"])
     return {"records": records, "images": total, "shards": len(names), "kinds": dict(kinds),
             "skipped": [w for s in shards for w in s["warnings"]]}
+
+
+def _commit(prefix: str, names: List[str], acc: np.ndarray, records: int):
+    """The split's shards, all finished, renamed into place at once with its mean/std: a reader never
+    sees part of a split."""
+    im2rec.write_mean_std(prefix + ".mean_std.json", acc, records)
+    for n in names:
+        for ext in (".rec", ".idx"):  # each .rec before its .idx
+            os.replace(_part(n + ext), n + ext)
 
 
 _FILES: Dict[str, int] = {}  # tar file -> descriptor, per packing process
