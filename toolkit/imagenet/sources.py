@@ -74,7 +74,8 @@ def train_from_folder(root: str) -> Split:
         if os.path.isdir(sub):
             found[wnid] = sorted((f, 0, 0) for f in os.listdir(sub)
                                  if _is_image(f) and os.path.isfile(os.path.join(sub, f)))
-    if found and not all(WNID.match(w) for w in found):
+    found = {w: v for w, v in found.items() if v}  # an empty or hidden folder is no class
+    if not all(WNID.match(w) for w in found):
         bad = next(w for w in found if not WNID.match(w))
         raise UserError(f"{root}: folder {bad!r} is not a synset (n01440764): --train takes the folder "
                         "holding one folder per synset")
