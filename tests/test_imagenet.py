@@ -5,6 +5,8 @@ loader backends read, bad input is one line; and the manual route's devkit handl
 import filecmp
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -88,12 +90,17 @@ def test_an_interrupted_run_continued_ends_byte_identical(net, tar_set, tmp_path
     first = os.stat(out / ".imagenet_train-00000.rec.part").st_mtime_ns
     (out / "..imagenet_train-00001.rec.part.tmp-999999").write_bytes(b"a killed run's shard")
     monkeypatch.setattr(preparing, "encode_image", real)
-    import fcntl
-    with open(out / preparing.LOCK) as lock:  # another prepare writing the same folder
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        _one_line(run(
-            "prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", net["devkit"],
-            "--out", out, *FLAGS, code=2), "another tools/imagenet.py prepare is writing it")
+    # another prepare writing the same folder (a process of its own: the lock is per process)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(out / preparing.LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        _one_line(run("prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", net["devkit"],
+                      "--out", out, *FLAGS, code=2), "another tools/imagenet.py prepare is writing it")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
     result = prepared(net, out, "tar")
     assert "shards 0..0 of 3 are done" in result.output
     assert os.stat(out / "imagenet_train-00000.rec").st_mtime_ns == first  # not packed again (renamed)

@@ -125,8 +125,10 @@ def prepare(p: Plan, opts: im2rec.PackOptions, log=print) -> dict:
     os.makedirs(p.out, exist_ok=True)
     with open(os.path.join(p.out, LOCK), "w") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # a POSIX lock belongs to this process alone: the packers it forks do not hold it, so a
+            # kill -9 frees it at once (flock's would live on in the packers still finishing a chunk)
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise UserError(f"{p.out}: another tools/imagenet.py prepare is writing it (wait for it, or give "
                             "another --out)") from None
         for tmp in glob.glob(os.path.join(glob.escape(p.out), ".*imagenet_*.tmp-*")):
