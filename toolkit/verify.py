@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import glob
 import os
+import re
 from typing import Dict, List, Optional
 
 import torch
@@ -108,10 +109,9 @@ def verify_prefix(prefix: str, fix_index: bool = False) -> List[VerifyReport]:
 
 def totals_per_split(reports: List[VerifyReport]) -> Dict[str, VerifyReport]:
     """One report per split (NAME.rec, or its shards NAME-NNNNN.rec): counts and labels summed."""
-    from toolkit.data.discovery import split_base
     totals: Dict[str, VerifyReport] = {}
     for r in reports:
-        name = split_base(os.path.basename(r.rec))
+        name = re.sub(r"-\d{5}$", "", os.path.splitext(os.path.basename(r.rec))[0])  # without the shard number
         t = totals.setdefault(name, VerifyReport(name, files=0))
         t.records, t.bad_images, t.files = t.records + r.records, t.bad_images + r.bad_images, t.files + 1
         t.labels.update(r.labels)

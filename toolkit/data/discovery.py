@@ -29,7 +29,7 @@ class DatasetInfo:
     std: Tuple[float, float, float]
 
 
-def split_base(name: str) -> str:
+def _split_base(name: str) -> str:
     return _SHARD.sub("", os.path.splitext(name)[0])
 
 
@@ -40,7 +40,7 @@ def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
                         "or leave out --data to use the toy dataset)")
     recs = _split_recs(data_dir, split)
     if not recs:
-        found = sorted({split_base(os.path.basename(p)) for p in glob.glob(os.path.join(data_dir, "*.rec"))})
+        found = sorted({_split_base(os.path.basename(p)) for p in glob.glob(os.path.join(data_dir, "*.rec"))})
         raise UserError(f"{data_dir}: no .rec files for split {split!r} (found: {', '.join(found) or 'none'}); "
                         f"a split S is S.rec, NAME_S.rec or S-00000.rec")
     pairs = []
@@ -55,8 +55,8 @@ def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
 
 def _split_recs(data_dir: str, split: str) -> List[str]:
     return sorted(p for p in glob.glob(os.path.join(data_dir, "*.rec"))
-                  if split_base(os.path.basename(p)) == split
-                  or split_base(os.path.basename(p)).endswith("_" + split))
+                  if _split_base(os.path.basename(p)) == split
+                  or _split_base(os.path.basename(p)).endswith("_" + split))
 
 
 def has_split(data_dir: str, split: str) -> bool:
@@ -67,7 +67,7 @@ def has_split(data_dir: str, split: str) -> bool:
 
 def _mean_std(data_dir: str):
     for rec, _ in _safe_split_files(data_dir, "train"):
-        path = split_base(rec) + ".mean_std.json"
+        path = _split_base(rec) + ".mean_std.json"
         if os.path.exists(path):
             return read_mean_std(path)
     return IMAGENET_MEAN, IMAGENET_STD
