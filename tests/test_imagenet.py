@@ -260,8 +260,8 @@ def test_manual_route_words_from_the_devkit_verify_totals_and_evaluate_names_wor
     assert out[-2:] == ["split imagenet_train: 23 records in 3 file(s), 0 undecodable, 4 labels, 0 problems",
                         "split imagenet_val: 12 records in 1 file(s), 0 undecodable, 4 labels, 0 problems"]
     # evaluate's per-class CSV: a words column from classes.tsv
-    table = per_class_table(np.eye(4, dtype=np.int64), lists.read_classes(os.path.join(tar_set, "classes.tsv")),
-                            class_words(tar_set))
+    names = lists.read_classes(os.path.join(tar_set, "classes.tsv"))
+    table = per_class_table(np.eye(5, dtype=np.int64), names + ["4"], class_words(tar_set, names + ["4"]))
     mapping = lists.read_synset_words(os.path.join(net["kaggle"], "LOC_synset_mapping.txt"))
-    assert list(table.columns[:3]) == ["class", "name", "words"]
-    assert list(table["words"]) == [mapping[w] for w in sorted(mapping)] and "object" in table["words"][0]
+    assert list(table.columns[:3]) == ["class", "name", "words"]  # a model with a class more: no words
+    assert list(table["words"]) == [mapping[w] for w in sorted(mapping)] + [""] and "object" in table["words"][0]

@@ -12,7 +12,7 @@ from toolkit.data import dataset_info
 from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import from_dict, override
 from toolkit.engine.run import raise_stalled
-from toolkit.lists import read_class_words
+from toolkit.lists import read_class_words, read_classes
 from toolkit.engine.trainer import evaluate, make_eval_loader, prepare_model
 
 
@@ -34,10 +34,15 @@ def per_class_table(confusion: np.ndarray, names=None, words=None) -> pd.DataFra
                          "recall": recall, "f1": f1})
 
 
-def class_words(data: str):
-    """classes.tsv's words per class (its name where a line has none), or None without any."""
+def class_words(data: str, names):
+    """The words of each of `names` in the data's classes.tsv (its third column: ImageNet's synset
+    words), "" for a name it lacks; None where it has no words."""
     path = os.path.join(data, "classes.tsv")
-    return read_class_words(path) if os.path.exists(path) else None
+    words = read_class_words(path) if os.path.exists(path) else None
+    if not words or not names:
+        return None
+    by_name = dict(zip(read_classes(path), words))
+    return [by_name.get(n, "") for n in names]
 
 
 def class_names(names, num_classes: int):
@@ -88,7 +93,8 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
         confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
         confusion = result["confusion"].numpy()
-        table = per_class_table(confusion, class_names(info.class_names, num_classes), class_words(data))
+        names = class_names(info.class_names, num_classes)
+        table = per_class_table(confusion, names, class_words(data, names))
         write_csv(table, per_class_csv)
         labels = list(table["name"])
         write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),

@@ -131,7 +131,8 @@ def report(members, results, ens, info, data, split, ten_crop, out_dir, env) -> 
     per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
     confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
     confusion = ens["confusion"].numpy()
-    table = per_class_table(confusion, members[0].meta["class_names"] or info.class_names, class_words(data))
+    names = members[0].meta["class_names"] or info.class_names
+    table = per_class_table(confusion, names, class_words(data, names))
     write_csv(table, per_class_csv)
     labels = list(table["name"])
     write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
