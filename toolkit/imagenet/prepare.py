@@ -131,6 +131,7 @@ def prepare(p: Plan, opts: im2rec.PackOptions, log=print) -> dict:
         except OSError:
             raise UserError(f"{p.out}: another tools/imagenet.py prepare is writing it (wait for it, or give "
                             "another --out)") from None
+        state = _check_out(p.out, state["settings"])  # again, as the run that held the lock left it
         for tmp in glob.glob(os.path.join(glob.escape(p.out), ".*imagenet_*.tmp-*")):
             os.remove(tmp)  # a killed run's unfinished shard
         return _prepare_locked(p, opts, texts, state, log)
