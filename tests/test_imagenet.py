@@ -88,7 +88,7 @@ def test_an_interrupted_run_continued_ends_byte_identical(net, tar_set, tmp_path
     assert not [f for f in os.listdir(out) if f.endswith(".rec")]
     assert sorted(f for f in os.listdir(out) if ".rec" in f) == [".imagenet_train-00000.rec.part"]
     first = os.stat(out / ".imagenet_train-00000.rec.part").st_mtime_ns
-    (out / "..imagenet_train-00001.rec.part.tmp-999999").write_bytes(b"a killed run's shard")
+    (out / ".imagenet_train-00001.rec.tmp-999999").write_bytes(b"a killed run's shard")
     monkeypatch.setattr(preparing, "encode_image", real)
     # another prepare writing the same folder (a process of its own: the lock is per process)
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "

@@ -4,13 +4,15 @@ Decode, crop, resize and encode run in worker processes with OpenCV (libjpeg-tur
 decode flags and encoder settings; records are written in list order whatever the worker count,
 never more than the in-flight images are held in memory, and every output appears under its final
 name only when complete. Beyond MXNet: `num_shards` splits one list into NAME-00000.rec/.idx ...,
-and the per-channel RGB mean/std of the stored images is written to NAME.mean_std.json.
+and the per-channel RGB mean/std of the stored images, the record count and the shard set are
+written to NAME.mean_std.json; a packing replaces every file an earlier packing of the list wrote
+(toolkit/shards.py).
 """
 import collections
+import contextlib
 import dataclasses
 import glob
 import itertools
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -23,10 +25,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from toolkit import imageops, recordio
-from toolkit.atomic import atomic_open
+from toolkit import imageops, recordio, shards
 from toolkit.errors import Stalled, UserError
 from toolkit.lists import ListItem, read_list
+from toolkit.shards import shard_names
 
 @dataclasses.dataclass(frozen=True)
 class PackOptions:
@@ -213,10 +215,6 @@ def _encoded(jobs, processes: int, chunk: int = 8, fn=None):
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-def shard_names(name: str, num_shards: int) -> List[str]:
-    return [name] if num_shards <= 1 else [f"{name}-{k:05d}" for k in range(num_shards)]
-
-
 def shard_bounds(total: int, num_shards: int) -> List[int]:
     """First item of each shard, then `total`: records spread evenly."""
     n = len(shard_names("x", num_shards))
@@ -231,15 +229,15 @@ class ShardResult:
     acc: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(7))
     kinds: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     warnings: List[str] = dataclasses.field(default_factory=list)
+    staged: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # [(temp path, final path)]
 
 
-def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_shard: int = 0, paths=None):
+def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_shard: int = 0):
     """Encode `jobs` (the items of shards first_shard.. of a list of `total`, in order) with `fn`
-    (default encode_item) and write NAME[-K].rec/.idx (or `paths(NAME[-K])`: (idx, rec) paths);
-    yield a ShardResult once each shard is in place. A result may carry a fifth field, the image's
-    kind, counted per shard."""
+    (default encode_item) and write NAME[-K].rec/.idx under temp names; yield a ShardResult once each
+    shard is complete, its files in `staged` for the caller to rename (toolkit/shards.py). A result
+    may carry a fifth field, the image's kind, counted per shard."""
     names = shard_names(name, opts.num_shards)
-    paths = paths or (lambda n: (n + ".idx", n + ".rec"))
     bounds = shard_bounds(total, opts.num_shards)
     cv_threads = cv2.getNumThreads()
     if opts.num_thread <= 1:
@@ -250,7 +248,7 @@ def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_sha
                    disable=None, file=sys.stderr, smoothing=0.05)
         for shard in range(first_shard, len(names)):
             done = ShardResult(shard)
-            with recordio.IndexedRecordWriter(*paths(names[shard])) as writer:
+            with recordio.IndexedRecordWriter(names[shard] + ".idx", names[shard] + ".rec") as writer:
                 for _ in range(bounds[shard], bounds[shard + 1]):
                     key, record, stats, warning, *kind = next(results)
                     bar.update()
@@ -264,6 +262,7 @@ def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_sha
                     if stats is not None:
                         done.acc += stats
                     done.records += 1
+                done.staged = writer.finish()
             yield done
         bar.close()
     finally:
@@ -272,41 +271,38 @@ def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_sha
 
 
 def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str] = None) -> PackResult:
-    """Pack one .lst into NAME.rec/.idx (or shards) and NAME.mean_std.json beside it."""
+    """Pack one .lst into NAME.rec/.idx (or shards) and NAME.mean_std.json beside it; the new files
+    replace every file an earlier packing of NAME wrote, at once (toolkit/shards.py)."""
     name = os.path.join(out_dir or os.path.dirname(os.path.abspath(lst_path)),
                         os.path.splitext(os.path.basename(lst_path))[0])
     total = sum(1 for _ in read_list(lst_path))  # validates every line before any work
     names = shard_names(name, opts.num_shards)
     result = PackResult(lst_path, [n + ".rec" for n in names])
+    staged: List[Tuple[str, str]] = []  # complete shards under their temp names
     acc = np.zeros(7)
-    jobs = ((root, item, opts) for item in read_list(lst_path))
-    for done in pack_jobs(jobs, total, name, opts):
-        result.records += done.records
-        result.skipped += done.skipped
-        acc += done.acc
-    if result.skipped and not result.records:  # nothing to train on: no files, and say so
-        remove_shards(names)
-        raise UserError(f"{lst_path}: none of its {result.skipped} images could be read (warnings above); "
-                        f"is {root} the folder the list was made from?")
-    write_mean_std(name + ".mean_std.json", acc, result.records)
+    try:
+        for done in pack_jobs(((root, item, opts) for item in read_list(lst_path)), total, name, opts):
+            staged += done.staged
+            result.records += done.records
+            result.skipped += done.skipped
+            acc += done.acc
+        if result.skipped and not result.records:  # nothing to train on: no files, and say so
+            raise UserError(f"{lst_path}: none of its {result.skipped} images could be read (warnings above); "
+                            f"is {root} the folder the list was made from?")
+        shards.commit(name, staged, mean_std(acc, result.records))
+        staged = []
+    finally:
+        for tmp, _ in staged:  # an error or Ctrl-C before the commit: the earlier packing stays as it was
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
     return result
 
 
-def remove_shards(names: List[str]):
-    for n in names:
-        for ext in (".rec", ".idx"):
-            if os.path.exists(n + ext):
-                os.remove(n + ext)
-
-
-def write_mean_std(path: str, acc: np.ndarray, images: int):
+def mean_std(acc: np.ndarray, images: int) -> dict:
     n = max(acc[0], 1)
     mean = acc[1:4] / n
     std = np.sqrt(np.maximum(acc[4:7] / n - mean ** 2, 0))
-    with atomic_open(path) as f:
-        json.dump({"mean": [round(v, 4) for v in mean], "std": [round(v, 4) for v in std],
-                   "images": images}, f)
-        f.write("\n")
+    return {"mean": [round(v, 4) for v in mean], "std": [round(v, 4) for v in std], "images": images}
 
 
 def pack_prefix(prefix: str, root: str, opts: PackOptions) -> List[PackResult]:

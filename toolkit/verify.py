@@ -2,19 +2,19 @@
 
 `verify_rec` scans the .rec sequentially (so truncation is found wherever it is), compares the
 record offsets with the .idx, decodes every image and counts labels; `rebuild_index` writes a missing
-.idx from a scan (keys from the image headers' id, as im2rec wrote them).
+.idx from a scan (keys from the image headers' id, as im2rec wrote them); `verify_prefix` also
+checks that each list's files are the shard set its last packing wrote (toolkit/shards.py).
 """
 import collections
 import dataclasses
 import glob
 import os
-import re
 from typing import Dict, List, Optional
 
 import torch
 import torchvision.io as tvio
 
-from toolkit import recordio
+from toolkit import recordio, shards
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 
@@ -104,14 +104,22 @@ def verify_prefix(prefix: str, fix_index: bool = False) -> List[VerifyReport]:
     recs = sorted(glob.glob(pattern))
     if not recs:
         raise UserError(f"no record file matches {pattern}")
-    return [verify_rec(r, fix_index) for r in recs]
+    reports = [verify_rec(r, fix_index) for r in recs]
+    firsts = {}
+    for report in reports:
+        firsts.setdefault(shards.base(report.rec), report)
+    for name, report in firsts.items():  # stale shards of an earlier packing: each file reads well
+        wrong = shards.problem(name)
+        if wrong:
+            report.problems.append(wrong)
+    return reports
 
 
 def totals_per_split(reports: List[VerifyReport]) -> Dict[str, VerifyReport]:
     """One report per split (NAME.rec, or its shards NAME-NNNNN.rec): counts and labels summed."""
     totals: Dict[str, VerifyReport] = {}
     for r in reports:
-        name = re.sub(r"-\d{5}$", "", os.path.splitext(os.path.basename(r.rec))[0])  # without the shard number
+        name = os.path.basename(shards.base(r.rec))
         t = totals.setdefault(name, VerifyReport(name, files=0))
         t.records, t.bad_images, t.files = t.records + r.records, t.bad_images + r.bad_images, t.files + 1
         t.labels.update(r.labels)

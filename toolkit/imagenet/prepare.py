@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from toolkit import im2rec, lists
+from toolkit import im2rec, lists, shards
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 from toolkit.imagenet import devkit as dk, sources
@@ -132,7 +132,7 @@ def prepare(p: Plan, opts: im2rec.PackOptions, log=print) -> dict:
             raise UserError(f"{p.out}: another tools/imagenet.py prepare is writing it (wait for it, or give "
                             "another --out)") from None
         state = _check_out(p.out, state["settings"])  # again, as the run that held the lock left it
-        for tmp in glob.glob(os.path.join(glob.escape(p.out), ".*imagenet_*.tmp-*")):
+        for tmp in glob.glob(os.path.join(glob.escape(p.out), ".imagenet_*.tmp-*")):
             os.remove(tmp)  # a killed run's unfinished shard
         return _prepare_locked(p, opts, texts, state, log)
 
@@ -161,7 +161,7 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
     prefix = os.path.join(p.out, name)
     split = p.splits[name]
     total = len(split.paths)
-    names = im2rec.shard_names(prefix, opts.num_shards)
+    names = shards.shard_names(prefix, opts.num_shards)
     done = state["shards"].setdefault(name, {})
     if name not in state.setdefault("committed", []):
         first = 0
@@ -171,33 +171,32 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
             log(f"{name}: shards 0..{first - 1} of {len(names)} are done (recorded in {STATE}); continuing")
         start = im2rec.shard_bounds(total, opts.num_shards)[first] if first < len(names) else total
         jobs = ((split.job_source(it.index), it, opts) for it in list_items(p, name, start))
-        for r in im2rec.pack_jobs(jobs, total, prefix, opts, fn=encode_image, first_shard=first,
-                                  paths=lambda n: (_part(n + ".idx"), _part(n + ".rec"))):
+        for r in im2rec.pack_jobs(jobs, total, prefix, opts, fn=encode_image, first_shard=first):
+            for tmp, final in r.staged:  # each .rec before its .idx
+                os.replace(tmp, _part(final))
             done[str(r.shard)] = {"records": r.records, "skipped": r.skipped, "acc": r.acc.tolist(),
                                   "kinds": dict(r.kinds), "warnings": r.warnings}
             _save(p.out, state)
-    shards = [done[str(k)] for k in range(len(names))]
-    records = sum(s["records"] for s in shards)
+    finished = [done[str(k)] for k in range(len(names))]
+    records = sum(s["records"] for s in finished)
     if not records:
         raise UserError(f"{split.src}: none of its {total} images could be read (warnings above)")
     if name not in state["committed"]:
-        _commit(prefix, names, sum(np.array(s["acc"]) for s in shards), records)
+        _commit(prefix, names, sum(np.array(s["acc"]) for s in finished), records)
         state["committed"].append(name)
         _save(p.out, state)
     kinds = collections.Counter()
-    for s in shards:
+    for s in finished:
         kinds.update(s["kinds"])
     return {"records": records, "images": total, "shards": len(names), "kinds": dict(kinds),
-            "skipped": [w for s in shards for w in s["warnings"]]}
+            "skipped": [w for s in finished for w in s["warnings"]]}
 
 
 def _commit(prefix: str, names: List[str], acc: np.ndarray, records: int):
-    """The split's shards, all finished, renamed into place at once with its mean/std: a reader never
-    sees part of a split."""
-    im2rec.write_mean_std(prefix + ".mean_std.json", acc, records)
-    for n in names:
-        for ext in (".rec", ".idx"):  # each .rec before its .idx
-            os.replace(_part(n + ext), n + ext)
+    """The split's shards, all finished, put in place at once with its packing record (mean/std, the
+    shard set: toolkit/shards.py, as im2rec does): a reader never sees part of a split."""
+    staged = [(_part(n + ext), n + ext) for n in names for ext in (".rec", ".idx")]  # each .rec first
+    shards.commit(prefix, staged, im2rec.mean_std(acc, records))
 
 
 _FILES: Dict[str, int] = {}  # tar file -> descriptor, per packing process
