@@ -90,7 +90,8 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
         confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
         confusion = result["confusion"].numpy()
-        table = per_class_table(confusion, member.meta["class_names"], class_words(data, member.meta["class_names"]))
+        names = member.meta["class_names"]
+        table = per_class_table(confusion, names, class_words(data, names))
         write_csv(table, per_class_csv)
         labels = list(table["name"])
         write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
@@ -103,7 +104,8 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
             print(f"{len(left_out)} undecodable record(s) not counted: {'; '.join(left_out[:5])}"
                   + (f"; ... ({len(left_out) - 5} more)" if len(left_out) > 5 else ""))
         worst = table.sort_values("f1").head(5)
-        print("lowest F1: " + ", ".join(f"{getattr(r, 'words', None) or r.name} {r.f1:.3f}" for r in worst.itertuples()))
+        print("lowest F1: " + ", ".join(f"{getattr(r, 'words', None) or r.name} {r.f1:.3f}"
+                                        for r in worst.itertuples()))
         print(f"per-class precision/recall/F1: {per_class_csv}\nconfusion matrix: {confusion_csv}")
         emit_json({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
                    "cross_entropy": result["cross-entropy"], "images": result["images"],
