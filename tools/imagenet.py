@@ -21,8 +21,8 @@ PACK_FLAGS = [
     click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality."),
     click.option("--pass-through", is_flag=True,
                  help="Store the JPEG bytes unchanged (the odd files are still stored as RGB JPEGs)."),
-    click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="Train record shards (the resumable unit); val is one file."),
+    click.option("--num-shards", type=click.IntRange(min=1), default=16, show_default=True,
+                 help="Train record shards (the unit of work a Ctrl-C loses); val is one file."),
     click.option("--num-thread", type=click.IntRange(min=1), default=len(os.sched_getaffinity(0)),
                  help="Packing processes (default: the cores this process may use); the output does not depend on it."),
 ]
@@ -45,7 +45,8 @@ def main():
 @click.option("--devkit", help="ILSVRC2012_devkit_t12.tar.gz (validation labels, class words).")
 @click.option("--kaggle", help="Kaggle's download folder (ILSVRC/Data/CLS-LOC, LOC_val_solution.csv, "
                                "LOC_synset_mapping.txt), instead of --train/--val.")
-@click.option("--out", required=True, help="Dataset folder to write (the same command continues it).")
+@click.option("--out", "--out-dir", "out", required=True,
+              help="Dataset folder to write (the same command continues it).")
 @pack_flags
 def prepare(train, val, devkit, kaggle, out, resize, quality, pass_through, num_shards, num_thread):
     """Lists, classes.tsv, records and mean/std from the downloads: no image written to disk;
