@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmarks: `tools/benchmark.py im2rec|loader|train|parse-log|checkpoint|gpu ...`; see `--help` of
+"""Benchmarks: `tools/benchmark.py im2rec|imagenet|loader|train|parse-log|checkpoint|gpu ...`; see `--help` of
 each. `gpu` runs every GPU check (tools/gpu_check.sh sets up the environment first and calls it)."""
 import importlib
 
 import click
 
 # each benchmark is a click command named `cli` in toolkit/benchmarks/<module>.py
-_COMMANDS = {"im2rec": "im2rec", "loader": "loader", "train": "train", "parse-log": "parse_log",
+_COMMANDS = {"im2rec": "im2rec", "imagenet": "imagenet", "loader": "loader", "train": "train", "parse-log": "parse_log",
              "checkpoint": "checkpoint", "gpu": "gpu"}
 
 

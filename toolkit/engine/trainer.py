@@ -140,6 +140,8 @@ class Trainer:
         self._wrap()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.lr, self._pending = None, None
+        self.before_first_step = None  # called once, before the first training step (a resume's branch)
+        self.started, self.resume_line = False, None
         # an epoch checkpoint whose validation pass a stop cut short: validated again first
         self.resumed_from, self.pending_val = resumed_from, None
         if state is not None and resumed_from and self.val_loader is not None:
@@ -152,8 +154,37 @@ class Trainer:
         self.ddp = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None) \
             if self.env.world > 1 else None
         self.net = self.ddp or self.model
+        if self.ddp is not None:
+            self._settle_buckets()
         if self.cfg.compile:
             self.net = torch.compile(self.net)
+
+    def _settle_buckets(self):
+        """One throwaway forward and backward through the new DDP, so that every training step of
+        every launch uses DDP's rebuilt gradient buckets. DDP reduces the first backward in one
+        bucket of all parameters in registration order, then rebuilds its buckets in the order the
+        gradients became ready; the bucket layout decides each element's summation order in the
+        all-reduce (with 3 or more ranks the ring sums chunks starting at different ranks), so a
+        resumed run, whose first step used the first layout where the straight run used the
+        rebuilt one, ended 93 of resnet20's 116 tensors apart on 3 processes. Rebuilding here,
+        deterministically (the ready order is autograd's, which the graph fixes, and DDP takes rank
+        0's), keeps the rebuilt layout's overlap of communication with the backward pass. Not
+        find_unused_parameters=True (no rebuild ever): a graph traversal at every step, and the
+        registration-order buckets start later. The cost: one step of 2 blank images per launch.
+        Nothing of it stays: buffers (BatchNorm's statistics), gradients and RNG are restored."""
+        saved = [b.detach().clone() for b in self.model.buffers()]
+        devices = [self.env.device] if self.env.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # in the modes of a training step (frozen BatchNorm: eval)
+            x = torch.zeros(2, 3, self.cfg.image_size, self.cfg.image_size, device=self.env.device)
+            if self.cfg.channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            y = torch.zeros(2, dtype=torch.long, device=self.env.device)
+            with autocast(self.env, self.cfg.amp):
+                _, loss = forward_loss(self.ddp, x, y, nn.CrossEntropyLoss(), getattr(self.model, "aux_weight", 0.3))
+            loss.backward()
+        for b, value in zip(self.model.buffers(), saved):
+            b.copy_(value)
+        self.model.zero_grad(set_to_none=True)
 
     def _restore(self, state):
         self.model.load_state_dict(state["model"])
@@ -187,12 +218,20 @@ class Trainer:
         loader = getattr(self.train_loader, "choice", self.train_loader.backend)  # "dali (auto: GPU decode)"
         for line in header_lines(self.cfg, self.env, loader, params) + self.transfer.lines:
             self.log.info(line)
-        if resumed_from:
+        if resumed_from:  # logged when the run moves (_log_resume): a launch that never does leaves
+            # the log's later epochs in effect, as it leaves their checkpoints in place
             lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
-            self.log.info(mxlog.resume_line(resumed_from, self.epoch, self.batch, lr))
+            self.resume_line = mxlog.resume_line(resumed_from, self.epoch, self.batch, lr)
+
+    def _log_resume(self):
+        line, self.resume_line = self.resume_line, None
+        if line:
+            self.log.info(line)
 
     def fit(self) -> dict:
         result = {}
+        if self.pending_val is not None:
+            self._log_resume()  # before the resumed validation's lines (the log parser reads them so)
         if self.pending_val is not None and self.validate(self.pending_val, self.resumed_from):
             return {"stopped": True, "path": self.resumed_from, "epoch": self.epoch, "batch": 0}
         for epoch in range(self.epoch, self.cfg.epochs):
@@ -247,8 +286,22 @@ class Trainer:
                                 "epoch with a lower --lr")
         return bool(stop)
 
+    def _first_step(self):
+        """The run moves from here: the resume's log line and branch, and a stop now writes a
+        checkpoint (armed first, so a signal held during the branch's file moves is a stop after
+        this step, not an exit without one)."""
+        self.started = True
+        if self.stop is not None and hasattr(self.stop, "arm"):
+            self.stop.arm()
+        self._log_resume()
+        hook, self.before_first_step = self.before_first_step, None
+        if hook is not None:
+            hook()
+
     def train_step(self, x, y, epoch, b, nb) -> tuple:
         cfg = self.cfg
+        if not self.started:
+            self._first_step()
         self._set_lr(epoch, b, nb)
         if self.stochastic:  # dropout masks: a function of (seed, epoch, batch, rank), exact on resume
             torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT))
