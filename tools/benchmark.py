@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
 """Benchmarks: `tools/benchmark.py im2rec|imagenet|loader|train|parse-log|checkpoint|gpu|mxnet-import ...`;
-see `--help` of
-each. `gpu` runs every GPU check (tools/gpu_check.sh sets up the environment first and calls it)."""
+see `--help` of each. `gpu` runs every GPU check (tools/gpu_check.sh sets up the environment first and calls it)."""
 import importlib
 
 import click
