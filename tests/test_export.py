@@ -10,7 +10,9 @@ from toolkit.data.discovery import DatasetInfo
 from toolkit.engine.config import make_config
 from toolkit.errors import UserError
 from toolkit.inference import export as ex
-from toolkit.inference.meta import Member, build_eval_model, describe
+from toolkit.engine.meta import describe
+from toolkit.engine.model import build_eval_model
+from toolkit.inference.meta import Member
 
 # a tiny network of each family (width, input size)
 FAMILIES = {"resnet18": (0.125, 32), "alexnet": (0.0625, 64), "vgg11_bn": (0.0625, 32),

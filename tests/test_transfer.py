@@ -242,7 +242,7 @@ def test_checkpoint_meta_carries_the_runs_mean_std_not_the_datasets(tmp_path):
     """A fine-tuned run normalises with the source's mean/std (or --mean/--std): its checkpoints'
     meta, which predict and export read, must say so (it said the dataset's)."""
     from toolkit.engine.config import make_config
-    from toolkit.inference.meta import describe
+    from toolkit.engine.meta import describe
     from toolkit.toy import ensure_toy_dataset
     data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
     cfg = make_config("resnet20", data=data, image_size=32, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))

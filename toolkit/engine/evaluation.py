@@ -12,7 +12,8 @@ from toolkit.data import dataset_info
 from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import from_dict, override
 from toolkit.engine.run import raise_stalled
-from toolkit.engine.trainer import evaluate, make_eval_loader, prepare_model
+from toolkit.engine.model import prepare_model
+from toolkit.engine.trainer import evaluate, make_eval_loader
 
 
 def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:

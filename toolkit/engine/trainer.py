@@ -29,8 +29,8 @@ from toolkit.engine.lr import CONTINUOUS, get_lr
 from toolkit.engine.optim import build_optimizer
 from toolkit.engine.signals import Agreement
 from toolkit.errors import UserError
-from toolkit.inference.meta import describe
-from toolkit.registry import build_model
+from toolkit.engine.meta import describe
+from toolkit.engine.model import prepare_model
 from toolkit.transfer.hook import Transfer
 
 class NonFiniteLoss(UserError):
@@ -60,18 +60,6 @@ def make_loaders(cfg: TrainConfig, env):
     if not has_split(cfg.data, cfg.val_split):
         return train, None
     return train, make_eval_loader(cfg, env, backend=train.backend)  # validation decodes as training
-
-
-def prepare_model(cfg: TrainConfig, env) -> nn.Module:
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = build_model(cfg.recipe, **cfg.model_kwargs()).to(env.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and env.world > 1:
-        if env.device.type != "cuda":
-            raise UserError("--sync-bn needs GPUs (NCCL); leave it out on CPU")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
 
 
 def forward_loss(net, x, y, criterion, aux_weight: float = 0.3):

@@ -1,8 +1,6 @@
-"""What prediction needs to know about a checkpoint, stored in it ("meta") by the trainer, and a
-checkpoint's eval-mode network built from it.
+"""A checkpoint ready to run: its eval-mode network (toolkit/engine/model.py) and its meta
+(toolkit/engine/meta.py), and the names that pick checkpoints.
 
-    describe(cfg)                  # the dict Trainer.state stores under "meta"
-    meta_of(state, path)           # a checkpoint's meta; older checkpoints: from their dataset folder
     load_member(path)              # (model in eval mode, meta, config) of one checkpoint
 """
 import dataclasses
@@ -11,45 +9,11 @@ from typing import Optional
 
 import torch
 
-from toolkit.data.discovery import dataset_info
-from toolkit.data.torch_backend import eval_resize_for
 from toolkit.engine import checkpoint
-from toolkit.engine.config import from_dict, override
+from toolkit.engine.config import from_dict
+from toolkit.engine.meta import meta_of
+from toolkit.engine.model import build_eval_model
 from toolkit.errors import UserError
-
-META_VERSION = 1
-PREPROCESSING = ("decode to RGB uint8 (torchvision.io), resize the shorter side to eval_resize (bilinear, "
-                 "antialiased), centre crop image_size x image_size, then (x - mean) / std per channel "
-                 "with mean/std on the 0-255 scale; NCHW float32")
-
-
-def describe(cfg, info=None) -> dict:
-    """The self-description of a run's checkpoints: classes, normalisation, input geometry."""
-    info = info or dataset_info(cfg.data)
-    num_classes = cfg.num_classes or info.num_classes
-    names = list(info.class_names) if info.class_names and len(info.class_names) == num_classes \
-        else [str(i) for i in range(num_classes or 0)]
-    return {"version": META_VERSION, "recipe": cfg.recipe, "num_classes": num_classes,
-            "class_names": names, "mean": [float(v) for v in cfg.mean or info.mean],  # --mean/--std or the
-            "std": [float(v) for v in cfg.std or info.std],  # source's (--init-from) win over the dataset's
-            "image_size": int(cfg.image_size),
-            "eval_resize": int(eval_resize_for(cfg.image_size, cfg.eval_resize)),
-            "model_kwargs": cfg.model_kwargs(), "preprocessing": PREPROCESSING}
-
-
-def meta_of(state: dict, path: str, data: Optional[str] = None) -> dict:
-    """The checkpoint's meta; a checkpoint written before meta existed gets it from its configuration
-    and its dataset folder (or `data`), which must then exist."""
-    if "meta" in state:
-        return state["meta"]
-    cfg = from_dict(state["config"])
-    folder = data or cfg.data
-    if not os.path.isdir(folder):
-        raise UserError(f"{path} predates self-describing checkpoints and its dataset folder {folder} "
-                        "is not here: pass --data DIR (the folder it was trained on, for classes.tsv "
-                        "and mean/std)")
-    return describe(cfg, dataset_info(folder))
-
 
 @dataclasses.dataclass
 class Member:
@@ -58,15 +22,6 @@ class Member:
     model: torch.nn.Module
     meta: dict
     cfg: object
-
-
-def build_eval_model(cfg, state: dict) -> torch.nn.Module:
-    from toolkit.engine.trainer import prepare_model
-    from toolkit.engine.dist import DistEnv
-    env = DistEnv(0, 0, 1, torch.device("cpu"))
-    model = prepare_model(override(cfg, sync_bn=False, channels_last=False), env)
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 def load_member(path: str, data: Optional[str] = None) -> Member:

@@ -14,7 +14,7 @@ from toolkit.data import dataset_info
 from toolkit.data.torch_backend import build_transform, normalize
 from toolkit.engine import checkpoint
 from toolkit.engine.config import TrainConfig, from_dict, override
-from toolkit.engine.trainer import prepare_model
+from toolkit.engine.model import prepare_model
 from toolkit.errors import UserError
 
 
