@@ -16,7 +16,7 @@ from toolkit.engine import checkpoint
 from toolkit.engine.config import make_config
 from toolkit.engine.dist import DistEnv
 from toolkit.engine.evaluation import run_evaluation
-from toolkit.engine.run import resume, run
+from toolkit.training import resume, run
 from toolkit.engine.trainer import make_eval_loader
 from toolkit.errors import UserError
 from toolkit.inference import predict

@@ -7,7 +7,7 @@ already write.
   finished", "Stopped at ...", "Error: ...");
 - the checkpoints (PREFIX-NNNN.pt, MXNet's PREFIX-NNNN.params): epochs done; the newest one's
   configuration where the log has none (torch.load with weights_only and mmap: nothing else is read);
-- LOGS/PREFIX.status.json, written by toolkit/engine/run.py (what a log cannot say: that the process
+- LOGS/PREFIX.status.json, written by toolkit/training.py (what a log cannot say: that the process
   is alive, or that it died without a word);
 - tools/evaluate.py's per-class CSVs (LOGS/PREFIX-NNNN-SPLIT-per-class.csv): macro P/R/F1.
 """

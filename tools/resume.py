@@ -16,7 +16,7 @@ import sys
 import click
 
 from toolkit.cli import train_options
-from toolkit.engine.run import resume
+from toolkit.training import resume
 
 
 @click.command(context_settings={"max_content_width": 100})

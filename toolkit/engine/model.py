@@ -31,3 +31,24 @@ def build_eval_model(cfg, state: dict) -> nn.Module:
     model = prepare_model(override(cfg, sync_bn=False, channels_last=False), env)
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+class ModelHook:
+    """What a run may add around its model, handed to the Trainer where the run is composed
+    (toolkit/training.py hands in transfer learning's, toolkit/transfer/hook.py). This one adds
+    nothing. `resolve(cfg)`: the configuration the run uses (before its loaders are built);
+    `attach(model, cfg)`: after the model is built, before the optimizer (`head`: the parameter-name
+    prefixes that get --head-lr-mult); `start_epoch(model, epoch, log)`: after model.train(), True
+    when what learns changed (DDP is then rebuilt); `lines`: for the log's header."""
+
+    def __init__(self, cfg=None, env=None, fresh: bool = True):
+        self.lines, self.head = [], []
+
+    def resolve(self, cfg):
+        return cfg
+
+    def attach(self, model: nn.Module, cfg):
+        pass
+
+    def start_epoch(self, model: nn.Module, epoch: int, log=None) -> bool:
+        return False

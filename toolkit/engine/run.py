@@ -1,16 +1,13 @@
-"""Entry points behind tools/train.py, tools/resume.py and tools/evaluate.py.
+"""A training run from start to exit code (toolkit/training.py composes it with what the engine
+does not know of: transfer learning, the status file; tools/train.py and tools/resume.py call that).
 
-Each sets up the process group (torchrun or one process), logging and the stop handler, runs, and
+run() sets up the process group (torchrun or one process), logging and the stop handler, trains, and
 returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoint was written),
 2 a user error (one line, no traceback).
 """
-import functools
-import json
 import os
 import shlex
-import socket
 import sys
-import time
 
 import torch
 
@@ -19,6 +16,7 @@ from toolkit.data.workers import end_workers, stalled
 from toolkit.engine import branches, checkpoint, determinism, dist, preflight
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
+from toolkit.engine.model import ModelHook
 from toolkit.engine.signals import StopRequest
 from toolkit.engine.trainer import Trainer
 from toolkit.errors import Stalled, UserError
@@ -77,38 +75,6 @@ def raise_stalled(exc: RuntimeError, env, timeout: float):
     raise lost from None
 
 
-def recorded(run_fn):
-    """LOGS/PREFIX.status.json for tools/runs.py and tools/sweep.py (what the log cannot say): "running"
-    with the pid and host while the run trains (a pid that is gone: killed), then how the launch
-    ended: finished (exit 0), stopped (130), failed (2, or an exception). Rank 0 writes it, atomically.
-    A fresh run that will refuse to overwrite an earlier run's checkpoints leaves that run's file."""
-    from toolkit.atomic import atomic_open
-    from toolkit.journal import status_path
-
-    def write(cfg, status, **extra):
-        try:
-            os.makedirs(cfg.logs_dir or ".", exist_ok=True)
-            with atomic_open(status_path(cfg.logs_dir, cfg.prefix)) as f:
-                json.dump({"status": status, "pid": os.getpid(), "host": socket.gethostname(),
-                           "time": time.time(), **extra}, f)
-        except OSError:  # an unwritable --logs-dir: the run's pre-flight check says so in one line
-            pass
-
-    @functools.wraps(run_fn)
-    def wrapper(cfg: TrainConfig, state=None, resumed_from=None) -> int:
-        if os.environ.get("RANK", "0") != "0" or (
-                state is None and checkpoint.list_checkpoints(cfg.checkpoints_dir, cfg.prefix)):
-            return run_fn(cfg, state, resumed_from)
-        write(cfg, "running")
-        code = None
-        try:
-            code = run_fn(cfg, state, resumed_from)
-            return code
-        finally:
-            write(cfg, {0: "finished", 130: "stopped"}.get(code, "failed"), code=code)
-    return wrapper
-
-
 def preflight_paths(cfg: TrainConfig, env) -> str:
     """The output folders, checked before the log opens: the problem's one line, or ''."""
     try:
@@ -118,8 +84,9 @@ def preflight_paths(cfg: TrainConfig, env) -> str:
     return ""
 
 
-@recorded
-def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
+def run(cfg: TrainConfig, state=None, resumed_from=None, hook=ModelHook) -> int:
+    """Train cfg's run (from `state`, the checkpoint `resumed_from`, when resuming); `hook`: what the
+    run adds around its model (toolkit/engine/model.py's ModelHook)."""
     determinism.apply(cfg.deterministic)  # before any GPU work
     env = dist.setup(cfg.timeout)
     clash = earlier_run(cfg, env) if state is None else ""
@@ -139,7 +106,7 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
     try:
         ensure_data(cfg, env)
         cfg = preflight.settle_num_classes(cfg, env, log)
-        trainer = Trainer(cfg, env, log, state, resumed_from, stop)
+        trainer = Trainer(cfg, env, log, state, resumed_from, stop, hook=hook)
         if state is not None:
             branch_off(cfg, env, log, state)
         result = trainer.fit()
@@ -178,8 +145,9 @@ def branch_off(cfg: TrainConfig, env, log, state: dict):
     dist.barrier()
 
 
-def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
-    """Continue a run from PREFIX-%04d.pt (or the newest checkpoint) with optional overrides."""
+def resume_point(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> tuple:
+    """(cfg, state, path) to continue a run from PREFIX-%04d.pt (or the newest checkpoint) with
+    optional overrides."""
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
     state = checkpoint.load(path)
     cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir, **overrides)
@@ -190,4 +158,4 @@ def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
     if state["epoch"] >= cfg.epochs and checkpoint.pending_validation(path, state) is None:
         raise UserError(f"{path} is already at epoch {state['epoch']} of {cfg.epochs}; "
                         f"pass --epochs N (N > {state['epoch']}) to train further")
-    return run(cfg, state, resumed_from=path)
+    return cfg, state, path

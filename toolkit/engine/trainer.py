@@ -30,8 +30,7 @@ from toolkit.engine.optim import build_optimizer
 from toolkit.engine.signals import Agreement
 from toolkit.errors import UserError
 from toolkit.engine.meta import describe
-from toolkit.engine.model import prepare_model
-from toolkit.transfer.hook import Transfer
+from toolkit.engine.model import ModelHook, prepare_model
 
 class NonFiniteLoss(UserError):
     pass
@@ -110,8 +109,11 @@ def autocast(env, amp: str):
 class Trainer:
     """Holds the state of a run; `fit()` trains from its position to cfg.epochs."""
 
-    def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None, loaders=None):
-        self.transfer = Transfer(cfg, env, fresh=state is None)  # --init-from, --freeze-*, --head-lr-mult
+    def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None, loaders=None,
+                 hook=ModelHook):
+        # `hook(cfg, env, fresh)`: what the run adds around its model (toolkit/engine/model.py), e.g.
+        # transfer learning's --init-from, --freeze-*, --head-lr-mult (handed in by toolkit/training.py)
+        self.transfer = hook(cfg, env, fresh=state is None)
         cfg = self.transfer.resolve(cfg)
         self.cfg, self.env, self.log, self.stop = cfg, env, log, stop
         self.train_loader, self.val_loader = loaders or make_loaders(cfg, env)

@@ -7,6 +7,7 @@ from typing import List, Optional
 import torch.nn as nn
 
 from toolkit.engine import dist
+from toolkit.engine.model import ModelHook
 from toolkit.errors import UserError
 from toolkit.transfer.freeze import Freezer, head_keys
 from toolkit.transfer.weights import Source, read_source, source_mean_std, torchvision_file
@@ -24,7 +25,7 @@ def read_on_every_rank(text: str, env) -> Source:
     return read_source(text, download=False)
 
 
-class Transfer:
+class Transfer(ModelHook):
     def __init__(self, cfg, env, fresh: bool, source: Optional[Source] = None):
         if source is None and fresh and cfg.init_from:
             source = read_on_every_rank(cfg.init_from, env)
