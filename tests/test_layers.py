@@ -8,10 +8,10 @@ from collections import defaultdict
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toolkit")
 
 # The levels of the house, lowest first: a module may import its own level's and lower ones'.
-# A module's level is that of the longest name here it is, or lies under.
+# A module's level is that of the longest name here it is, or lies under ("toolkit": itself only).
 LEVELS = (
     ("base", ("toolkit", "toolkit.errors", "toolkit.atomic", "toolkit.cli", "toolkit.mxlog",
-              "toolkit.imageops", "toolkit.registry", "toolkit.layers", "toolkit.summary")),
+              "toolkit.imageops", "toolkit.registry", "toolkit.layers", "toolkit.summary", "toolkit.rules")),
     ("formats", ("toolkit.recordio", "toolkit.lists", "toolkit.im2rec", "toolkit.verify", "toolkit.toy",
                  "toolkit.logparse", "toolkit.plots")),
     ("data", ("toolkit.data", "toolkit.forkserver")),
@@ -70,7 +70,8 @@ def level_of(module: str) -> int:
     best, level = -1, None
     for i, (_, names) in enumerate(LEVELS):
         for name in names:
-            if (module == name or module.startswith(name + ".")) and len(name) > best:
+            under = module.startswith(name + ".") and name != "toolkit"  # the package root: itself only
+            if (module == name or under) and len(name) > best:
                 best, level = len(name), i
     return level
 

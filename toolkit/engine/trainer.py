@@ -12,7 +12,6 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -21,16 +20,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from toolkit import mxlog
 from toolkit.data import build_loader
 from toolkit.data.discovery import has_split
-from toolkit.data.sampler import DROPOUT, sample_seed
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.config import TrainConfig
 from toolkit.engine.logs import Meter, header_lines
-from toolkit.engine.lr import CONTINUOUS, get_lr
+from toolkit.engine.lr import get_lr
 from toolkit.engine.optim import build_optimizer
 from toolkit.engine.signals import Agreement
 from toolkit.errors import UserError
 from toolkit.engine.meta import describe
 from toolkit.engine.model import ModelHook, prepare_model
+from toolkit.engine.step import autocast, build_step
 
 class NonFiniteLoss(UserError):
     pass
@@ -59,13 +58,6 @@ def make_loaders(cfg: TrainConfig, env):
     if not has_split(cfg.data, cfg.val_split):
         return train, None
     return train, make_eval_loader(cfg, env, backend=train.backend)  # validation decodes as training
-
-
-def forward_loss(net, x, y, criterion, aux_weight: float = 0.3):
-    out = net(x)
-    if isinstance(out, tuple):  # auxiliary heads (GoogLeNet): discounted as the model says
-        return out[0], criterion(out[0], y) + aux_weight * sum(criterion(o, y) for o in out[1:])
-    return out, criterion(out, y)
 
 
 def evaluate(model, loader, env, num_classes: int, amp: str = "off", stop=None) -> dict:
@@ -100,12 +92,6 @@ def evaluate(model, loader, env, num_classes: int, amp: str = "off", stop=None) 
             "stop_after": agree is not None and agree.drain()}
 
 
-def autocast(env, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(env.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 class Trainer:
     """Holds the state of a run; `fit()` trains from its position to cfg.epochs."""
 
@@ -119,16 +105,14 @@ class Trainer:
         self.train_loader, self.val_loader = loaders or make_loaders(cfg, env)
         self.model = prepare_model(cfg, env)
         self.transfer.attach(self.model, cfg)
-        self.stochastic = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
         self.optimizer = build_optimizer(self.model, cfg, self.transfer.head)
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
-        self.epoch, self.batch, self.step, self.carry = 0, 0, 0, None
+        self.parts = build_step(cfg, env, self.model, self.optimizer, log)  # the step (toolkit/engine/step.py)
+        self.epoch, self.batch, self.carry = 0, 0, None
         if state is not None:
             self._restore(state)
         self.transfer.start_epoch(self.model, self.epoch)
         self._wrap()
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.lr, self._pending = None, None
+        self._pending = None
         # an epoch checkpoint whose validation pass a stop cut short: validated again first
         self.resumed_from, self.pending_val = resumed_from, None
         if state is not None and resumed_from and self.val_loader is not None:
@@ -143,6 +127,7 @@ class Trainer:
         self.net = self.ddp or self.model
         if self.cfg.compile:
             self.net = torch.compile(self.net)
+        self.parts.net, self.parts.ddp = self.net, self.ddp
 
     def _restore(self, state):
         self.model.load_state_dict(state["model"])
@@ -152,15 +137,8 @@ class Trainer:
                 raise UserError(f"{flag}: the checkpoint's optimizer state is for {key}={saved[key]}, not "
                                 f"{getattr(self.cfg, key)}; keep it when resuming, or start a new run with "
                                 "tools/train.py --prefix NAME")
-        # the optimizer's state (momentum buffers, moments) from the checkpoint, its hyper-parameters
-        # (momentum, nesterov, weight decay: possibly changed on the command line) from the config
-        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, values in zip(self.optimizer.param_groups, fresh):
-            group.update(values)
-        if state["scaler"]:  # empty when the run was not fp16
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
+        self.parts.load_state_dict(state)  # each part of the step its own: optimizer, scaler, ...
+        self.epoch, self.parts.count = state["epoch"], state["step"]
         self.batch = self._remap_batch(state)
         if self.batch and state.get("world_size") == self.env.world:
             self.carry = torch.tensor(state["train_sums"], dtype=torch.float64) if self.env.main else None
@@ -195,17 +173,6 @@ class Trainer:
                 return {"stopped": True, "path": path, "epoch": epoch + 1, "batch": 0}
         return result
 
-    def _set_lr(self, epoch: int, b: int, nb: int):
-        lr = get_lr(self.cfg, epoch + b / nb)
-        if lr != self.lr:
-            discrete = self.cfg.lr_schedule not in CONTINUOUS and not (
-                self.cfg.warmup_epochs and epoch + b / nb < self.cfg.lr_from_epoch + self.cfg.warmup_epochs)
-            if self.lr is None or discrete or b == 0:
-                self.log.info(mxlog.lr_change_line(self.step, lr))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
-            self.lr = lr
-
     def _post_flags(self, loss: torch.Tensor, epoch: int, b: int) -> bool:
         """Start this step's all-reduce of [stop requested, loss not finite] and read the previous
         step's. Reading one step late keeps the host from waiting for the device at every step (on
@@ -236,24 +203,6 @@ class Trainer:
                                 "epoch with a lower --lr")
         return bool(stop)
 
-    def train_step(self, x, y, epoch, b, nb) -> tuple:
-        cfg = self.cfg
-        self._set_lr(epoch, b, nb)
-        if self.stochastic:  # dropout masks: a function of (seed, epoch, batch, rank), exact on resume
-            torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT))
-        last_micro = (b + 1) % cfg.grad_accum == 0 or b + 1 == nb
-        sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
-        with sync:
-            with autocast(self.env, cfg.amp):
-                logits, loss = forward_loss(self.net, x, y, self.criterion, getattr(self.model, "aux_weight", 0.3))
-            self.scaler.scale(loss / cfg.grad_accum).backward()
-        if last_micro:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-        return logits.float(), loss, last_micro
-
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict:
         """On a terminal (rank 0), a progress bar; log lines print above it, the log file has none."""
         show = self.env.main and sys.stderr.isatty()
@@ -275,7 +224,7 @@ class Trainer:
         t_fetch, seen = time.perf_counter(), False
         for b, (x, y) in enumerate(self.train_loader, start):
             t_data = time.perf_counter() - t_fetch
-            logits, loss, boundary = self.train_step(x, y, epoch, b, nb)
+            logits, loss, boundary = self.parts(x, y, epoch, b, nb, self.cfg.grad_accum)
             with torch.no_grad():
                 ce = F.cross_entropy(logits, y, reduction="sum")
             sums = Meter.batch_sums(logits, y, ce)
@@ -297,8 +246,8 @@ class Trainer:
         dist.broadcast_buffers(self.model)
         self.check_finite(epoch, batch)
         position = epoch + batch / len(self.train_loader)
-        return {"model": checkpoint.bare_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": epoch, "batch": batch, "step": self.step,
+        return {"model": checkpoint.bare_state_dict(self.model), **self.parts.state_dict(),  # optimizer, scaler
+                "epoch": epoch, "batch": batch, "step": self.parts.count,
                 "position": position, "lr": get_lr(self.cfg, position),
                 # an epoch checkpoint is written before the epoch's validation pass (see fit)
                 "val_epoch": epoch - 1 if batch == 0 and self.val_loader is not None else None,

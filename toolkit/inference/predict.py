@@ -28,7 +28,7 @@ from toolkit.data.torch_backend import build_transform, normalize
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.preflight import writable_file
 from toolkit.engine.evaluation import write_csv
-from toolkit.engine.trainer import autocast
+from toolkit.engine.step import autocast
 from toolkit.errors import UserError
 from toolkit.lists import DEFAULT_EXTS, read_list
 
