@@ -11,6 +11,7 @@ and per-class and macro precision/recall/F1 on the validation features. --json: 
 """
 import click
 
+from toolkit.rules import rule
 from toolkit.transfer.linear import GRID, fit_and_score, report
 
 
@@ -31,7 +32,7 @@ def _grid(ctx, param, value):
               help="Inverse regularisation strengths to try.")
 @click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Part of the training features held out to choose C.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=rule("seed").click_type(), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def main(train, val, c_grid, holdout, seed, as_json):
     print(report(fit_and_score(train, val, c_grid, holdout, seed), as_json))

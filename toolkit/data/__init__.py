@@ -10,6 +10,7 @@ from toolkit.data.discovery import DatasetInfo, dataset_info, open_split, split_
 from toolkit.data.sampler import RankBatches
 from toolkit.cli import LOADERS
 from toolkit.errors import UserError
+from toolkit.rules import rule
 
 BACKENDS = LOADERS
 
@@ -55,8 +56,9 @@ def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=
     `backend` names the backend and `choice` says why it was chosen. `timeout`: seconds a wait for a
     batch may last before the run ends with one line (torch backend, toolkit/data/workers.py).
     mean/std (0-255 RGB) default to the dataset's."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    problem = rule("batch_size").problem(batch_size)
+    if problem:
+        raise UserError(problem)
     chosen, why = choose_backend(backend, device, ten_crop, color_jitter if train else 0.0)
     records = open_split(data_dir, split)
     info = dataset_info(data_dir)
