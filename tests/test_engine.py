@@ -381,7 +381,7 @@ def _trainer(tmp_path, stop=None, val=None, state=None, resumed_from=None, steps
 
 
 def test_weights_and_buffers_are_checked_finite_before_any_checkpoint(tmp_path):
-    from toolkit.engine.trainer import NonFiniteLoss
+    from toolkit.engine.bookkeeping import NonFiniteLoss
     trainer, _ = _trainer(tmp_path)
     steps = []
 

@@ -17,7 +17,7 @@ from toolkit.engine.config import make_config
 from toolkit.engine.dist import DistEnv
 from toolkit.engine.evaluation import run_evaluation
 from toolkit.training import resume, run
-from toolkit.engine.trainer import make_eval_loader
+from toolkit.engine.passes import make_eval_loader
 from toolkit.errors import UserError
 from toolkit.inference import predict
 from toolkit.inference.average import run_average

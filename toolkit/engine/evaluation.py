@@ -11,9 +11,9 @@ from toolkit.atomic import atomic_open
 from toolkit.data import dataset_info
 from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import from_dict, override
-from toolkit.engine.run import raise_stalled
 from toolkit.engine.model import prepare_model
-from toolkit.engine.trainer import evaluate, make_eval_loader
+from toolkit.engine.passes import evaluate, make_eval_loader
+from toolkit.engine.run import raise_stalled
 
 
 def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:

@@ -20,8 +20,8 @@ from toolkit.data import dataset_info
 from toolkit.engine import dist, preflight
 from toolkit.engine.config import override
 from toolkit.engine.evaluation import per_class_table, write_csv
+from toolkit.engine.passes import evaluate, make_eval_loader
 from toolkit.engine.run import raise_stalled
-from toolkit.engine.trainer import evaluate, make_eval_loader
 from toolkit.errors import UserError
 from toolkit.inference.meta import check_same_classes, load_member, resolve
 

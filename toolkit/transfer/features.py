@@ -185,7 +185,7 @@ def run_extraction(out: str, layer: Optional[str], split: str, pool: str, batch_
                    workers: int, list_layers: bool, init_from, prefix, epoch, checkpoints_dir: str,
                    recipe, data, **model_flags) -> int:
     from toolkit.engine.model import prepare_model
-    from toolkit.engine.trainer import make_eval_loader
+    from toolkit.engine.passes import make_eval_loader
     env = dist.setup()
     try:
         cfg, source = feature_config(init_from, prefix, epoch, checkpoints_dir, recipe, data, model_flags,
