@@ -70,7 +70,8 @@ def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=
         loader = DaliLoader(records, batches, image_size, eval_resize, seed, device, workers, mean,
                             std, channels_last, dtype, min_scale, pca_lighting if train else 0.0)
     else:
-        from toolkit.data.torch_backend import TorchLoader, build_transform
+        from toolkit.data.torch_backend import TorchLoader
+        from toolkit.data.transforms import build_transform
         transform = build_transform(train, image_size, eval_resize, ten_crop, color_jitter, min_scale)
         loader = TorchLoader(records, batches, transform, device, workers, mean, std,
                              channels_last, dtype, pca_lighting if train else 0.0, seed, timeout,

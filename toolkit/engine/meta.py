@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 from toolkit.data.discovery import dataset_info
-from toolkit.data.torch_backend import eval_resize_for
+from toolkit.data.transforms import eval_resize_for
 from toolkit.engine.config import from_dict
 from toolkit.errors import UserError
 

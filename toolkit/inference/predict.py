@@ -24,7 +24,8 @@ from toolkit import recordio
 from toolkit.atomic import atomic_open
 from toolkit.data import workers as worker_procs
 from toolkit.data.discovery import open_split
-from toolkit.data.torch_backend import build_transform, normalize
+from toolkit.data.torch_backend import normalize
+from toolkit.data.transforms import build_transform
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.preflight import writable_file
 from toolkit.engine.evaluation import write_csv

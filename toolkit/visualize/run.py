@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from toolkit.data import dataset_info
-from toolkit.data.torch_backend import build_transform, normalize
+from toolkit.data.torch_backend import normalize
+from toolkit.data.transforms import build_transform
 from toolkit.engine import checkpoint
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.model import prepare_model
