@@ -13,7 +13,7 @@ LEVELS = (
     ("base", ("toolkit", "toolkit.errors", "toolkit.atomic", "toolkit.cli", "toolkit.mxlog",
               "toolkit.imageops", "toolkit.registry", "toolkit.layers", "toolkit.summary", "toolkit.rules")),
     ("formats", ("toolkit.recordio", "toolkit.lists", "toolkit.im2rec", "toolkit.verify", "toolkit.toy",
-                 "toolkit.logparse", "toolkit.plots")),
+                 "toolkit.logparse", "toolkit.logscan", "toolkit.plots")),
     ("data", ("toolkit.data", "toolkit.forkserver")),
     ("engine", ("toolkit.engine",)),
     ("capabilities", ("toolkit.transfer", "toolkit.inference", "toolkit.visualize", "toolkit.journal",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import toolkit.logparse as lp
+import toolkit.logscan as lp  # the line reader: its fast path
 from tests.conftest import REPO
 from tests.helpers import run_tool
 from toolkit.benchmarks.oracle import mxnet_tool
