@@ -1,7 +1,12 @@
-"""Helpers shared by tests: run a tool script as a user would."""
+"""Helpers shared by tests: run a tool script as a user would, or its click command in this process."""
+import functools
 import os
 import subprocess
 import sys
+import traceback
+from typing import NamedTuple
+
+from click.testing import CliRunner
 
 from tests.conftest import REPO
 
@@ -16,3 +21,43 @@ def run_tool(*args, check=True, env=None, cwd=None, timeout=600):
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}")
     return proc
+
+
+class Ran(NamedTuple):
+    """What run_tool's CompletedProcess gives: exit status, stdout, stderr."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@functools.lru_cache(maxsize=None)
+def tool_command(script: str):
+    """The click command of tools/NAME.py, loaded once per test process."""
+    from toolkit.sweep import load_command
+    return load_command(str(REPO / script))
+
+
+def invoke_tool(script, *args, check=True, env=None, cwd=None) -> Ran:
+    """`python SCRIPT ARGS` in this process, through click's test runner: the same exit status,
+    stdout and stderr (an uncaught exception as its traceback, status 1) without an interpreter
+    start and torch's import (~3.5 s each). For what a tool does in one process: checks of its
+    input, --help, short work; a run that needs its own process (signals, torchrun) uses run_tool."""
+    script = str(script)
+    if os.path.isabs(script):
+        script = os.path.relpath(script, REPO)
+    command = tool_command(script)
+    old = os.getcwd()
+    os.chdir(cwd or REPO)
+    try:
+        result = CliRunner().invoke(command, [str(a) for a in args], env=env,
+                                    prog_name=os.path.basename(script))
+    finally:
+        os.chdir(old)
+    stderr, code = result.stderr, result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # as the interpreter prints it
+        code = 1
+    ran = Ran(code, result.stdout, stderr)
+    if check and code != 0:
+        raise AssertionError(f"{script} {args} exited {code}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}")
+    return ran
