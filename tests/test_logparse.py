@@ -12,7 +12,7 @@ import pytest
 
 import toolkit.logscan as lp  # the line reader: its fast path
 from tests.conftest import REPO
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool, run_tool
 from toolkit.benchmarks.oracle import mxnet_tool
 from toolkit.errors import UserError
 from toolkit.logparse import mxnet_markdown, parse_logs
@@ -280,7 +280,7 @@ def test_markdown_equals_mxnet_parse_log(run, mxnet191, mxnet_python, tmp_path):
     mx_tool = mxnet_tool(mxnet_python, "parse_log.py")
     for log in (run / "first.log", mxnet191 / "logs" / "module_training_0.log", mxnet191 / "logs" / "module_training_2.log"):
         theirs = subprocess.run([mxnet_python, mx_tool, str(log)], capture_output=True, text=True, check=True).stdout
-        ours = run_tool(PLOT_LOG, log, "--format", "markdown", "--out", tmp_path / "x.png").stdout
+        ours = invoke_tool(PLOT_LOG, log, "--format", "markdown", "--out", tmp_path / "x.png").stdout
         assert ours == theirs and theirs.count("\n") >= 4
         assert mxnet_markdown(parse_logs([log]).epochs) + "\n" == theirs
 
@@ -289,7 +289,7 @@ def test_markdown_equals_mxnet_parse_log(run, mxnet191, mxnet_python, tmp_path):
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, run, args):
     (tmp_path / "empty.log").write_text("")
     shutil.copy(run / "first.log", tmp_path / "s.log")
-    proc = run_tool(PLOT_LOG, *args, check=False, cwd=tmp_path)
+    proc = invoke_tool(PLOT_LOG, *args, check=False, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr
 

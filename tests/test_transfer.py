@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool, run_tool
 from toolkit import toy
 from toolkit.engine.config import make_config
 from toolkit.engine.optim import build_optimizer
@@ -218,7 +218,7 @@ def test_linear_classifier_on_separable_features(tmp_path):
     assert result["rank1"] > 0.95 and result["rank5"] == 1.0 and result["C"] in (0.1, 1.0)
     assert result["macro_f1"] > 0.95 and result["val_images"] == 120
     assert "precision" in out.stdout and "chosen C=" in out.stdout
-    bad = run_tool("tools/train_linear.py", tmp_path / "nothere", "--val", tmp_path / "val", check=False)
+    bad = invoke_tool("tools/train_linear.py", tmp_path / "nothere", "--val", tmp_path / "val", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nothere.npy: not found" in bad.stderr
 
 
