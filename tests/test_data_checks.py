@@ -167,3 +167,21 @@ def test_a_val_rec_without_its_idx_is_one_line_not_a_run_without_validation(tmp_
     (tmp_path / "m_val.rec").unlink()  # no val split at all: training without validation, as before
     assert preflight.settle_num_classes(make_config("resnet20", data=str(tmp_path)), dist.setup(),
                                         logging.getLogger("t")).num_classes == 3
+
+
+def test_a_stale_idx_pointing_inside_the_rec_names_the_idx_and_how_to_rebuild_it(tmp_path):
+    """Was BufferError ('cannot close exported pointers exist') from the header reader's memory map,
+    hiding the real error; the loaders' reads now name the .idx line too."""
+    write(tmp_path / "s_train", [0, 1, 2])
+    idx = tmp_path / "s_train.idx"
+    rows = [line.split("\t") for line in idx.read_text().splitlines()]
+    rows[2][1] = str(int(rows[2][1]) + 8)  # inside the record before: another packing's offsets
+    idx.write_text("".join(f"{k}\t{o}\n" for k, o in rows))
+    records = discovery.open_split(str(tmp_path), "train")
+    message = (f"{idx}:3: offset {rows[2][1]} is not the start of a record of {tmp_path / 's_train.rec'}: the .idx "
+               "does not match the .rec (stale, or from another packing); delete the .idx and rebuild it: "
+               f"tools/im2rec.py --verify --fix-index {tmp_path / 's_train'}")
+    for read in (discovery.header_labels, lambda r: r.read(2)):
+        with pytest.raises(UserError) as err:
+            read(records)
+        assert err.value.message == message

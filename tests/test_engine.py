@@ -1,5 +1,6 @@
 """Engine pieces that need no training run: LR schedule, configuration, checkpoints, signals."""
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -313,6 +314,58 @@ def test_train_and_val_split_flags_choose_the_record_files(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(
         f"Error: {data}: no .rec files for split 'trainval' (found: x_train); "
         "a split S is S.rec, NAME_S.rec or S-00000.rec")
+
+
+def test_a_val_split_the_dataset_lacks_is_one_line_and_exit_2_before_any_work(tmp_path, capsys):
+    """Was a run without validation that ended with status 0."""
+    from toolkit import recordio
+    from toolkit.engine.config import make_config
+    from toolkit.training import run
+    data = tmp_path / "d"
+    data.mkdir()
+    for split in ("x_train", "x_val"):
+        with recordio.IndexedRecordWriter(str(data / f"{split}.idx"), str(data / f"{split}.rec")) as w:
+            w.write_idx(0, recordio.pack((0, 0.0, 0, 0), b"\xff\xd8"))
+    cfg = make_config("resnet20", data=str(data), val_split="vall", checkpoints_dir=str(tmp_path / "ck"),
+                      logs_dir=str(tmp_path / "logs"), workers=0)
+    assert run(cfg) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        f"Error: --val-split vall: {data}: no .rec files for split 'vall' (found: x_train, x_val); "
+        "a split S is S.rec, NAME_S.rec or S-00000.rec"), lines
+    assert not os.listdir(tmp_path / "ck")
+    status = json.loads((tmp_path / "logs" / "resnet20.status.json").read_text())
+    assert status["status"] == "failed" and status["code"] == 2
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_earlier_ones(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """Was a 50-line traceback (torch's writer says 'unexpected pos' as a RuntimeError)."""
+    from toolkit.training import run
+    from toolkit.toy import ensure_toy_dataset
+    data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
+    real, calls = torch.save, []
+
+    def disk_full_on_the_second(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) < 2:
+            return real(obj, f, *args, **kwargs)
+        with open(f, "wb") as out:
+            out.write(b"PK\3\4" * 100)  # what fitted
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+    monkeypatch.setattr(torch, "save", disk_full_on_the_second)
+    ck = tmp_path / "ck"
+    cfg = make_config("resnet18", width=0.25, image_size=32, batch_size=8, epochs=3, data=data, workers=0,
+                      checkpoints_dir=str(ck), logs_dir=str(tmp_path / "logs"), prefix="full", loader="torch")
+    assert run(cfg) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "Error" in line or "Traceback" in line]
+    assert errors == [errors[0]] and errors[0].endswith(
+        f"Error: {ck}/full-0002.pt: the checkpoint could not be written (unexpected pos 768 vs 662); the partial "
+        f"file is removed and the checkpoints already in {ck} are intact: free space there (or use "
+        "--checkpoints-dir on another disk), then continue with tools/resume.py"), err
+    assert sorted(os.listdir(ck)) == ["full-0001.pt", "full-0001.val.json"]
+    assert checkpoint.load(str(ck / "full-0001.pt"))["epoch"] == 1
 
 
 def test_resume_takes_optimizer_state_from_the_checkpoint_and_hyperparameters_from_the_flags(tmp_path):

@@ -12,7 +12,7 @@ from toolkit.errors import UserError
 from toolkit.inference import export as ex
 from toolkit.engine.meta import describe
 from toolkit.engine.model import build_eval_model
-from toolkit.inference.meta import Member
+from toolkit.engine.model import Member
 
 # a tiny network of each family (width, input size)
 FAMILIES = {"resnet18": (0.125, 32), "alexnet": (0.0625, 64), "vgg11_bn": (0.0625, 32),

@@ -127,7 +127,8 @@ def test_gpu_check_cpu_runs_every_check(tmp_path):
     assert "--set compile_on_cpu=1" in summary["checks"]["train-step-compile"]["reason"]
     c = {k: v["figures"] for k, v in summary["checks"].items()}
     assert c["process-group"]["backend"] == "gloo"
-    assert c["quickstart"]["loader"] == "dali" and 0 <= c["quickstart"]["val_rank1"] <= 1
+    assert c["quickstart"]["loader"] == "dali" and PROFILES["cpu"]["qs_min_rank1"] <= c["quickstart"]["val_rank1"] <= 1
+    assert c["loaders-agree"]["images"] > 0 and c["loaders-agree"]["mean_levels"] <= 1.5
     assert c["resume-exact"]["exact"] is True and c["resume-exact"]["max_abs_diff"] == 0
     assert c["fp16-accum"]["optimizer_steps"] == -(-c["fp16-accum"]["batches_per_epoch"] // 2)
     assert c["ten-crop"]["images"] == c["ckpt-on-cpu"]["images"] > 0
@@ -167,3 +168,26 @@ def test_a_failed_set_up_still_writes_the_summary(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["failed"] == ["setup"] and not summary["ok"] and not summary["complete"]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == summary
+
+
+def test_wrong_results_fail_the_checks():
+    """Issue 22 item 9: a quickstart below chance passed, and nothing compared the two loaders' images."""
+    import torch
+    from toolkit.gpucheck.agree import accuracy_floor, compare
+    from toolkit.gpucheck.common import CheckFailed
+    with pytest.raises(CheckFailed, match=r"validation rank-1 0\.080 is under the floor 0\.2 \(chance: 0\.1\)"):
+        accuracy_floor({"val_rank1": 0.08}, PROFILES["cpu"]["qs_min_rank1"])
+    assert accuracy_floor({"val_rank1": 0.9}, 0.25) == {"val_rank1": 0.9}
+    g = torch.Generator().manual_seed(0)
+    std = (58.4, 57.1, 57.4)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    level = torch.tensor(std).view(1, 3, 1, 1)
+    rounding = torch.randint(-1, 2, x.shape, generator=g) / level  # one level either way: decoders' rounding
+    assert compare([((x, y), (x + rounding, y))], std)["max_levels"] <= 1.0001
+    wrong = {"a pixel off": torch.roll(x, 1, dims=3), "another mean": x + 10 / level, "another std": x * 1.1}
+    for what, other in wrong.items():
+        with pytest.raises(CheckFailed, match="evaluation images differ"):
+            compare([((x, y), (other, y))], std)
+    with pytest.raises(CheckFailed, match="different labels"):
+        compare([((x, y), (x, y.flip(0)))], std)

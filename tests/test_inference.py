@@ -22,7 +22,7 @@ from toolkit.errors import UserError
 from toolkit.inference import predict
 from toolkit.inference.average import run_average
 from toolkit.inference.ensemble import expand_members, run_ensemble_evaluation
-from toolkit.inference.meta import load_member
+from toolkit.engine.model import load_member
 from toolkit.lists import read_list
 from toolkit.toy import ensure_toy_dataset
 
@@ -237,7 +237,7 @@ def test_lst_with_a_wrong_root_is_one_line(tmp_path):
     (tmp_path / "images" / "a").mkdir(parents=True)
     (tmp_path / "images" / "a" / "x.jpg").write_bytes(b"")
     (tmp_path / "val.lst").write_text("0\t0.000000\ta/x.jpg\n")
-    with pytest.raises(UserError, match=r"val.lst: 1 of 1 listed images are not under .*--root") as err:
+    with pytest.raises(UserError, match=r"val.lst: 1 of 1 listed images are not under .*--image-root") as err:
         predict.gather_files([str(tmp_path / "val.lst")])
     assert "\n" not in str(err.value)
     assert predict.gather_files([str(tmp_path / "val.lst")], root=str(tmp_path / "images")) == \
@@ -248,7 +248,7 @@ def test_unwritable_csv_or_json_is_one_line_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     for options, flag in ((dict(csv_path=str(tmp_path)), "--csv"),
-                          (dict(json_path=str(blocker / "sub" / "p.json")), "--json")):
+                          (dict(json_file=str(blocker / "sub" / "p.json")), "--json-file")):
         # checked before the (missing) checkpoint is looked at
         with pytest.raises(UserError, match=flag) as err:
             predict.run(["x.jpg"], checkpoint_path=str(tmp_path / "missing.pt"), **options)

@@ -73,6 +73,22 @@ def test_bad_specs_are_one_line_before_anything_runs(sweep_main, tmp_path, args,
     assert result.stdout == "" and not (tmp_path / "logs").exists() and not (tmp_path / "ck").exists()
 
 
+def test_slurm_without_slurm_or_submitit_is_one_line_before_anything_runs(sweep_main, tmp_path, monkeypatch):
+    """Was submitit's RuntimeError traceback ('Could not detect "srun"') after the plan was printed."""
+    import toolkit.sweep
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no srun
+    common = ["--recipe", "resnet18", "--logs-dir", str(tmp_path / "logs"), "--checkpoints-dir", str(tmp_path / "ck")]
+    result = CliRunner().invoke(sweep_main, ["--slurm", "--grid", "lr=0.1,0.2"] + common)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: --slurm: sbatch and srun not found on the PATH") \
+        and result.stderr.count("\n") == 1 and result.stdout == "", result.output
+    monkeypatch.setattr(toolkit.sweep, "submitit", None)  # not installed
+    result = CliRunner().invoke(sweep_main, ["--slurm", "--slurm-cluster", "local", "--grid", "lr=0.1"] + common)
+    assert result.exit_code == 2 and result.stderr.startswith("Error: --slurm: the submitit package is not "
+                                                              "installed") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "ck").exists()
+
+
 def test_bad_variants_files(sweep_main, tmp_path):
     (tmp_path / "v.yaml").write_text("- {act: relu}\n- {act: elu, init: nope}\n")
     (tmp_path / "same.json").write_text(json.dumps([{"act": "relu", "name": "x"}, {"act": "elu", "name": "x"}]))

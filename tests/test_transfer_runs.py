@@ -89,7 +89,7 @@ def test_features_of_two_processes_equal_one_process(sets, tmp_path):
                                                   for x in (".npy", ".labels.npy", ".ids.npy", ".json"))
     layers = run([*launcher(1), "tools/extract_features.py", "--init-from", source, "--list-layers"]).stdout
     assert "fc " in layers and "<- its input is the default --layer" in layers.splitlines()[-1]
-    assert any(line.startswith("layers.8 ") and "(1, 64, 8, 8)" in line for line in layers.splitlines())
+    assert any(line.startswith("layers.8 ") and " 64x8x8 " in line for line in layers.splitlines())
 
 
 @pytest.mark.parametrize("args,message", [

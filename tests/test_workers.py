@@ -315,3 +315,46 @@ def test_the_evaluation_tools_raise_a_stall_as_its_line_and_any_other_error_as_i
         raise_stalled(RuntimeError("DataLoader timed out after 60 seconds"), env, 60)
     with pytest.raises(Stalled, match="another rank stopped answering"):
         raise_stalled(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"), env, 60)
+
+
+def _wait_in_main_thread(seconds):
+    """Stands for DALI's wait for a dead source worker (a lock that nobody will release)."""
+    import threading
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire(timeout=seconds)
+
+
+def test_a_dali_source_worker_killed_ends_the_wait_with_one_line_naming_it():
+    """DALI waited for good for a SIGKILLed source worker (issue 22 item 6): the watch interrupts
+    the main thread's wait with the one line."""
+    import multiprocessing
+    from toolkit.data.workers import SourceWatch
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    worker.start()
+    watch = SourceWatch([worker], timeout=30, what="split 'train' of d")
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        t = time.monotonic()
+        with pytest.raises(Stalled) as err, watch.waiting():
+            _wait_in_main_thread(20)
+        assert time.monotonic() - t < 5
+        assert err.value.message.startswith(f"DALI source worker (pid {worker.pid}, killed by signal SIGKILL) died "
+                                            "while reading split 'train' of d; the run stops here")
+    finally:
+        watch.close()
+        worker.join(5)
+
+
+def test_a_dali_wait_without_a_batch_ends_after_the_timeout():
+    from toolkit.data.workers import SourceWatch
+    watch = SourceWatch([], timeout=1, what="split 'val' of d")
+    try:
+        time.sleep(1.5)  # not waiting for a batch: no bound runs
+        t = time.monotonic()
+        with pytest.raises(Stalled) as err, watch.waiting():
+            _wait_in_main_thread(20)
+        assert 0.9 < time.monotonic() - t < 5
+        assert err.value.message.startswith("DALI gave no batch for 1 s while reading split 'val' of d")
+    finally:
+        watch.close()

@@ -5,6 +5,8 @@ file (`.NAME.tmp-PID`) is either removed or left beside it under a name nobody r
 """
 import contextlib
 import os
+import signal
+import threading
 
 
 def temp_path(path: str) -> str:
@@ -33,3 +35,25 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
     with atomic_path(path) as tmp:
         with open(tmp, mode, **kwargs) as f:
             yield f
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP held back and delivered when the block ends (a signal mask would
+    not do: the signal goes to any thread that does not block it, and Python runs its handler in
+    the main thread at the next bytecode)."""
+    got = []
+    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    if threading.current_thread() is not threading.main_thread():
+        sigs = []
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
+    held = [sig for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
+    for sig in held:
+        signal.signal(sig, lambda signum, _frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for sig in held:
+            signal.signal(sig, previous[sig])
+        for signum in got:
+            signal.raise_signal(signum)

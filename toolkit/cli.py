@@ -161,3 +161,55 @@ def transfer_options(fn):
     for opt in reversed(_TRANSFER_FLAGS):
         fn = opt(fn)
     return fn
+
+
+# --json means one thing in every tool: a switch, the JSON summary as the last line of stdout;
+# --json-file PATH writes the same JSON to a file. `--json FILE.json` (tools/predict.py's old form,
+# where --json took a path) is read as --json-file FILE.json: only a name ending in .json is taken,
+# so `--json photo.jpg` can never make an input image the output.
+JSON_HELP = "Print a JSON summary as the last line of the output."
+JSON_FILE_HELP = "Write the JSON to this file (.json; --json FILE.json says the same)."
+
+
+def json_file_args(args):
+    """argv with `--json FILE.json` / `--json=FILE` read as `--json-file FILE`."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            return out + list(args[i:])
+        if a.startswith("--json="):
+            out += ["--json-file", a.split("=", 1)[1]]
+        elif a == "--json" and i + 1 < len(args) and args[i + 1].lower().endswith(".json"):
+            out += ["--json-file", args[i + 1]]
+            i += 1
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+class JsonCommand(click.Command):
+    """A click command whose --json is the shared switch (see json_file_args)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, json_file_args(args))
+
+
+def json_options(fn):
+    """--json (switch, `as_json`) and --json-file PATH (`json_file`)."""
+    fn = click.option("--json-file", "json_file", default=None, metavar="PATH", help=JSON_FILE_HELP)(fn)
+    return click.option("--json", "as_json", is_flag=True, help=JSON_HELP)(fn)
+
+
+def emit_json(summary, as_json: bool = False, json_file=None):
+    """--json: `summary` as the last line of stdout; --json-file: the same JSON in that file (atomic)."""
+    import json
+    import os
+    from toolkit.atomic import atomic_open
+    if json_file:
+        os.makedirs(os.path.dirname(os.path.abspath(json_file)), exist_ok=True)
+        with atomic_open(json_file) as f:
+            json.dump(summary, f, indent=1)
+    if as_json:
+        print(json.dumps(summary), flush=True)

@@ -4,13 +4,15 @@ Decode, crop, resize and encode run in worker processes with OpenCV (libjpeg-tur
 decode flags and encoder settings; records are written in list order whatever the worker count,
 never more than the in-flight images are held in memory, and every output appears under its final
 name only when complete. Beyond MXNet: `num_shards` splits one list into NAME-00000.rec/.idx ...,
-and the per-channel RGB mean/std of the stored images is written to NAME.mean_std.json.
+and the per-channel RGB mean/std of the stored images, the record count and the shard set are
+written to NAME.mean_std.json; a packing replaces every file an earlier packing of the list wrote
+(toolkit/shards.py).
 """
 import collections
+import contextlib
 import dataclasses
 import glob
 import itertools
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -23,10 +25,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from toolkit import imageops, recordio
-from toolkit.atomic import atomic_open
+from toolkit import imageops, recordio, shards
 from toolkit.errors import Stalled, UserError
 from toolkit.lists import ListItem, read_list
+from toolkit.shards import shard_names
 
 @dataclasses.dataclass(frozen=True)
 class PackOptions:
@@ -172,18 +174,33 @@ def _encoded(jobs, processes: int, chunk: int = 8):
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-def shard_names(name: str, num_shards: int) -> List[str]:
-    return [name] if num_shards <= 1 else [f"{name}-{k:05d}" for k in range(num_shards)]
-
-
 def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str] = None) -> PackResult:
-    """Pack one .lst into NAME.rec/.idx (or shards) and NAME.mean_std.json beside it."""
+    """Pack one .lst into NAME.rec/.idx (or shards) and NAME.mean_std.json beside it; the new files
+    replace every file an earlier packing of NAME wrote, at once (toolkit/shards.py)."""
     name = os.path.join(out_dir or os.path.dirname(os.path.abspath(lst_path)),
                         os.path.splitext(os.path.basename(lst_path))[0])
     total = sum(1 for _ in read_list(lst_path))  # validates every line before any work
     names = shard_names(name, opts.num_shards)
-    bounds = [total * k // len(names) for k in range(len(names) + 1)]  # records spread evenly
     result = PackResult(lst_path, [n + ".rec" for n in names])
+    staged: List[Tuple[str, str]] = []  # complete shards under their temp names
+    try:
+        acc = _write_shards(lst_path, root, opts, names, total, result, staged)
+        if result.skipped and not result.records:  # nothing to train on: no files, and say so
+            raise UserError(f"{lst_path}: none of its {result.skipped} images could be read (warnings above); "
+                            f"is {root} the folder the list was made from?")
+        shards.commit(name, staged, _mean_std(acc, result.records))
+        staged = []
+    finally:
+        for tmp, _ in staged:  # an error or Ctrl-C before the commit: the earlier packing stays as it was
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+    return result
+
+
+def _write_shards(lst_path, root, opts, names, total, result, staged) -> np.ndarray:
+    """Encode the list's images into the shards (temp names, appended to `staged` when complete);
+    returns the pixel statistics' accumulator."""
+    bounds = [total * k // len(names) for k in range(len(names) + 1)]  # records spread evenly
     acc = np.zeros(7)
     jobs = ((root, item, opts) for item in read_list(lst_path))
     cv_threads = cv2.getNumThreads()
@@ -191,7 +208,7 @@ def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str
         _one_core()  # --num-thread 1 means one core
     results = _encoded(jobs, opts.num_thread)
     try:
-        bar = tqdm(total=total, unit="img", desc=os.path.basename(name), disable=None, file=sys.stderr)
+        bar = tqdm(total=total, unit="img", desc=os.path.basename(names[0]), disable=None, file=sys.stderr)
         for shard, shard_name in enumerate(names):
             with recordio.IndexedRecordWriter(shard_name + ".idx", shard_name + ".rec") as writer:
                 for _ in range(bounds[shard], bounds[shard + 1]):
@@ -205,28 +222,19 @@ def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str
                     if stats is not None:
                         acc += stats
                     result.records += 1
+                staged += writer.finish()
         bar.close()
     finally:
         results.close()  # stops the worker processes, also on an error or Ctrl-C
         cv2.setNumThreads(cv_threads)
-    if result.skipped and not result.records:  # nothing to train on: no files, and say so
-        for n in names:
-            for ext in (".rec", ".idx"):
-                os.remove(n + ext)
-        raise UserError(f"{lst_path}: none of its {result.skipped} images could be read (warnings above); "
-                        f"is {root} the folder the list was made from?")
-    _write_mean_std(name + ".mean_std.json", acc, result.records)
-    return result
+    return acc
 
 
-def _write_mean_std(path: str, acc: np.ndarray, images: int):
+def _mean_std(acc: np.ndarray, images: int) -> dict:
     n = max(acc[0], 1)
     mean = acc[1:4] / n
     std = np.sqrt(np.maximum(acc[4:7] / n - mean ** 2, 0))
-    with atomic_open(path) as f:
-        json.dump({"mean": [round(v, 4) for v in mean], "std": [round(v, 4) for v in std],
-                   "images": images}, f)
-        f.write("\n")
+    return {"mean": [round(v, 4) for v in mean], "std": [round(v, 4) for v in std], "images": images}
 
 
 def pack_prefix(prefix: str, root: str, opts: PackOptions) -> List[PackResult]:

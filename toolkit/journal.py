@@ -7,8 +7,8 @@ already write.
   finished", "Stopped at ...", "Error: ...");
 - the checkpoints (PREFIX-NNNN.pt, MXNet's PREFIX-NNNN.params): epochs done; the newest one's
   configuration where the log has none (torch.load with weights_only and mmap: nothing else is read);
-- LOGS/PREFIX.status.json, written by toolkit/training.py (what a log cannot say: that the process
-  is alive, or that it died without a word);
+- LOGS/PREFIX.status.json, written by toolkit/engine/status.py (what a log cannot say: that the
+  process is alive, by its heartbeat, or that it died without a word);
 - tools/evaluate.py's per-class CSVs (LOGS/PREFIX-NNNN-SPLIT-per-class.csv): macro P/R/F1.
 """
 import dataclasses
@@ -17,34 +17,21 @@ import json
 import math
 import os
 import re
-import socket
 import time
 from datetime import datetime
 from typing import Dict, List, Optional
 
+from toolkit.engine.status import liveness, read_status
 from toolkit.errors import UserError
 
-STATUS_SUFFIX = ".status.json"
 RECENT_S = 600  # a log without an end line, written to this recently, is taken as running
-_CKPT = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})(?:-b(?P<batch>\d{6}))?\.(?:pt|params)$")
+_CKPT = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4,})(?:-b(?P<batch>\d{6,}))?\.(?:pt|params)$")  # as checkpoint.py names them
 _STAMP = re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 _HEADER = b" cnn-toolkit "          # first line of every launch of our trainer (toolkit/engine/logs.py)
 _SKIP_FLAGS = {"recipe", "prefix", "logs_dir", "checkpoints_dir", "num_classes", "data", "lr_from_epoch"}
 COLUMNS = ["prefix", "recipe", "flags", "epochs_done", "epochs_planned", "status", "best_val_top1",
            "best_val_top5", "best_epoch", "last_train_loss", "last_val_loss", "macro_precision",
            "macro_recall", "macro_f1", "eval", "images_per_sec", "wall_s", "detail", "data", "log"]
-
-
-def status_path(logs_dir: str, prefix: str) -> str:
-    return os.path.join(logs_dir, prefix + STATUS_SUFFIX)
-
-
-def read_status(logs_dir: str, prefix: str) -> Optional[dict]:
-    try:
-        with open(status_path(logs_dir, prefix)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def checkpoints(directory: str, prefix: Optional[str] = None) -> Dict[str, Dict[tuple, str]]:
@@ -136,7 +123,7 @@ def checkpoint_config(path: str) -> dict:
 
 def flags_from_defaults(config: dict) -> str:
     """The options of `config` that differ from its recipe's defaults, as command-line flags."""
-    from toolkit.engine.config import make_config
+    from toolkit.engine.config import flag_text, make_config
     try:
         base = dataclasses.asdict(make_config(config["recipe"]))
         sized = dataclasses.asdict(make_config(config["recipe"], image_size=config.get("image_size")))
@@ -151,13 +138,7 @@ def flags_from_defaults(config: dict) -> str:
             value = tuple(value)
         if value == default or value is None:
             continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, tuple):
-            out.append(f"{flag} {','.join(f'{v:g}' for v in value)}")
-        else:
-            out.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+        out.append(flag_text(key, value))
     return " ".join(out)
 
 
@@ -180,27 +161,17 @@ def latest_evaluation(logs_dir: str, prefix: str) -> dict:
         return {}
 
 
-def _alive(status: dict) -> bool:
-    if status.get("host") != socket.gethostname():
-        return True  # another node: cannot look, take its word
-    try:
-        os.kill(int(status["pid"]), 0)
-        return True
-    except (ProcessLookupError, KeyError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-
-
 def run_status(facts: LogFacts, status: Optional[dict], log_path: str, done: int, planned) -> tuple:
-    """(status, detail): finished, stopped (resumable), running, failed (NaN or an error). The status
-    file speaks for the last launch; without one (older runs, MXNet's) the log's end lines do."""
+    """(status, detail): finished, stopped (resumable), running, lost (a launch whose heartbeat
+    stopped: resumable), failed (NaN or an error). The status file speaks for the last launch;
+    without one (older runs, MXNet's) the log's end lines do."""
     ended, detail = facts.ended, ""
     if status and status.get("status") == "running":
-        if _alive(status):
-            return "running", f"pid {status.get('pid')} on {status.get('host')}"
+        alive, why = liveness(status)
+        if alive == "running":
+            return "running", why
         if not ended:
-            ended, detail = "stopped", f"process {status.get('pid')} is gone without a word (killed?)"
+            ended, detail = ("stopped" if alive == "gone" else "lost"), why
     elif status:
         ended = status.get("status")
     if ended == "failed":
@@ -208,7 +179,7 @@ def run_status(facts: LogFacts, status: Optional[dict], log_path: str, done: int
         error = facts.error or ("ended by an exception (its traceback is on the run's stderr)" if code is None
                                 else f"exit status {code}")
         return "failed", ("NaN: " if re.search(r"loss became (nan|inf|-inf)", error) else "") + error
-    if ended in ("finished", "stopped"):
+    if ended in ("finished", "stopped", "lost"):
         return ended, detail
     if os.path.exists(log_path) and time.time() - os.path.getmtime(log_path) < RECENT_S:
         return "running", "log written to in the last minutes"
@@ -225,7 +196,9 @@ def journal_row(prefix: str, logs_dir: str, checkpoints_dir: str) -> dict:
     from toolkit.engine.checkpoint import ordered
     newest = found[ordered(found)[-1]] if found else None  # as tools/resume.py chooses
     saved = checkpoint_config(newest) if newest and newest.endswith(".pt") else {}
-    config = facts.config or saved.get("config") or {}
+    # the newest checkpoint's: what a resume continues (a launch that failed before its first
+    # checkpoint logged a header with flags that never took effect); the log's for runs without one
+    config = saved.get("config") or facts.config or {}
     row = {"prefix": prefix, "recipe": config.get("recipe", ""), "flags": flags_from_defaults(config) if config else "",
            "epochs_planned": config.get("epochs"), "data": config.get("data", ""), "log": log if os.path.exists(log) else ""}
     done = max([e for e, _ in found] or [0])
@@ -244,7 +217,7 @@ def journal_row(prefix: str, logs_dir: str, checkpoints_dir: str) -> dict:
     if math.isnan(facts.wall_s) and epochs is not None and "time-cost" in epochs:  # MXNet's: no time stamps
         row["wall_s"] = float(epochs["time-cost"].sum())
     status, detail = run_status(facts, read_status(logs_dir, prefix), log, done, row["epochs_planned"])
-    if status == "stopped" and found and newest.endswith(".pt"):
+    if status in ("stopped", "lost") and found and newest.endswith(".pt"):
         world = facts.world if facts.config else saved.get("world", 1)
         launcher = f"torchrun --nproc_per_node={world} " if world > 1 else ""
         extra = f" --checkpoints-dir {checkpoints_dir}" if checkpoints_dir != "checkpoints" else ""

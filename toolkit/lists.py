@@ -2,8 +2,10 @@
 
 `make_lists` reproduces MXNet's list mode (walk order, labels, `random.seed(100)` shuffle, ratios,
 chunk names) so the same folder gives the same files; `read_list` also reads integer labels and
-any-whitespace lines (the C++ im2rec style). Beyond MXNet: `classes.tsv` beside the lists, labels
-from Kaggle-style file names (`cat.123.jpg`) and ImageNet devkit validation ground truth.
+any-whitespace lines (the C++ im2rec style). Beyond MXNet: `classes.tsv` beside the lists (the
+dataset's one class map: a later list into the folder numbers its classes by it, where MXNet would
+number a val folder with fewer classes anew), labels from Kaggle-style file names (`cat.123.jpg`) and
+ImageNet devkit validation ground truth.
 """
 import os
 import re
@@ -13,7 +15,9 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 
-DEFAULT_EXTS = (".jpeg", ".jpg", ".png")
+DEFAULT_EXTS = (".jpeg", ".jpg", ".png")  # MXNet im2rec's --exts default (lists and packing)
+# what the tools that read image files (predict, visualize) take from a folder
+IMAGE_EXTS = DEFAULT_EXTS + (".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 class ListItem(NamedTuple):
@@ -44,6 +48,15 @@ def walk_images(root: str, recursive: bool, exts: Sequence[str] = DEFAULT_EXTS):
     return items, {os.path.relpath(k, root): v for k, v in cats.items()}
 
 
+def image_files(folder: str) -> List[str]:
+    """The image files (IMAGE_EXTS, any case) in `folder` and below, in sorted walk order."""
+    found = []
+    for path, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        found += [os.path.join(path, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTS)]
+    return found
+
+
 def format_line(item: ListItem) -> str:
     return "%d\t" % item.index + "".join("%f\t" % v for v in item.labels) + "%s\n" % item.path
 
@@ -72,7 +85,10 @@ def split_names(prefix: str, chunks: int, train_ratio: float, test_ratio: float)
 def make_lists(prefix: str, root: str, recursive: bool = False, exts: Sequence[str] = DEFAULT_EXTS,
                train_ratio: float = 1.0, test_ratio: float = 0.0, chunks: int = 1,
                shuffle: bool = True, label_from_name: bool = False) -> List[str]:
-    """MXNet's make_list; returns the paths written. Also writes classes.tsv beside the lists."""
+    """MXNet's make_list; returns the paths written. Also writes classes.tsv beside the lists: once,
+    by a dataset's first list of class folders; a later list into the same folder numbers its classes
+    by that file (a val folder with fewer classes keeps the train labels), and a class it lacks is an
+    error."""
     if not os.path.isdir(root):
         raise UserError(f"{root}: image folder not found")
     if not (0 < train_ratio <= 1 and 0 <= test_ratio < 1 and train_ratio + test_ratio <= 1):
@@ -84,6 +100,10 @@ def make_lists(prefix: str, root: str, recursive: bool = False, exts: Sequence[s
                         f"({'' if recursive else 'add --recursive for class folders; '}see --exts)")
     if label_from_name:
         items, cats = _labels_from_names(items)
+    classes_tsv = os.path.join(os.path.dirname(os.path.abspath(prefix)), "classes.tsv")
+    known = os.path.exists(classes_tsv) and cats
+    if known:  # the dataset's one class map, written by its first list: later lists number by it
+        items = _relabel(items, cats, read_classes(classes_tsv), classes_tsv, root)
     if shuffle:
         random.seed(100)  # MXNet's fixed seed: same folder, same list files
         random.shuffle(items)
@@ -96,9 +116,23 @@ def make_lists(prefix: str, root: str, recursive: bool = False, exts: Sequence[s
                "train": chunk[sep_test:sep_test + sep]}[part]
         write_list(path, sel)
         written.append(path)
-    if cats:
-        write_classes(os.path.join(os.path.dirname(os.path.abspath(prefix)), "classes.tsv"), cats)
+    if cats and not known:
+        write_classes(classes_tsv, cats)
     return written
+
+
+def _relabel(items: List[ListItem], cats: Dict[str, int], names: List[str], classes_tsv: str, root: str):
+    """Items labelled by the dataset's class map (`names`, from classes.tsv) instead of their walk
+    order; a class the map lacks is one UserError, before any list is written."""
+    number = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(cats) - set(number))
+    if unknown:
+        raise UserError(f"{os.path.join(root, unknown[0])}: class {unknown[0]!r} is not in {classes_tsv}, the "
+                        f"dataset's class map ({len(names)} classes, from its first list; "
+                        f"{len(unknown)} unknown class(es)); list these images into another dataset folder, "
+                        f"or delete {classes_tsv} and list every split again")
+    label = {cats[name]: float(number[name]) for name in cats}
+    return [it._replace(labels=(label[int(it.labels[0])],)) for it in items]
 
 
 def _labels_from_names(items: List[ListItem]):

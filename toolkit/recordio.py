@@ -4,6 +4,7 @@ Hand-written because no maintained library reads and writes this format outside 
 (DALI only reads it). Readers use `os.pread` on a descriptor opened lazily in the calling process,
 so one reader object can be pickled into DataLoader workers or shared between threads.
 """
+import contextlib
 import os
 import struct
 import warnings
@@ -129,12 +130,19 @@ class RecordWriter:
         return start
 
     def close(self):
-        if self._f is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            self._f = None
-            os.replace(self._tmp, self.path)
+        for tmp, path in self.finish():
+            os.replace(tmp, path)
+
+    def finish(self) -> List[Tuple[str, str]]:
+        """Complete the file(s) under their temp names, renamed by the caller (with others: a set of
+        shards replaces an earlier set at once, toolkit/shards.py): [(temp path, final path)]."""
+        if self._f is None:
+            return []
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self._f = None
+        return [(self._tmp, self.path)]
 
     def abort(self):
         if self._f is not None:
@@ -166,17 +174,22 @@ class IndexedRecordWriter(RecordWriter):
         self._idx_lines.append(f"{key}\t{offset}\n")
         return offset
 
-    def close(self):
+    def finish(self) -> List[Tuple[str, str]]:
         if self._f is None:
-            return
+            return []
         tmp = temp_path(self.idx_path)
         with open(tmp, "w") as f:
             f.writelines(self._idx_lines)
             f.flush()
             os.fsync(f.fileno())
-        super().close()
-        # the .rec is in place before its .idx: an .idx never points into a missing .rec
-        os.replace(tmp, self.idx_path)
+        # the .rec is renamed before its .idx: an .idx never points into a missing .rec
+        return super().finish() + [(tmp, self.idx_path)]
+
+    def abort(self):
+        if self._f is not None:
+            super().abort()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temp_path(self.idx_path))
 
 
 # ---------------------------------------------------------------- reading
@@ -313,8 +326,18 @@ class IndexedRecordReader(RecordReader):
         return len(self.keys)
 
     def read(self, i: int) -> bytes:
-        """The i-th record in index order."""
-        return self.read_at(int(self.offsets[i]))[0]
+        """The i-th record in index order. An offset where no record starts: the .idx is stale
+        (written for another packing of the .rec), named with its line and how to rebuild it."""
+        offset = int(self.offsets[i])
+        try:
+            return self.read_at(offset)[0]
+        except RecordIOError as exc:
+            if "no record magic" not in exc.message:
+                raise
+            raise RecordIOError(f"{self.idx_path}:{i + 1}: offset {offset} is not the start of a record of "
+                                f"{self.path}: the .idx does not match the .rec (stale, or from another "
+                                "packing); delete the .idx and rebuild it: tools/im2rec.py --verify --fix-index "
+                                f"{os.path.splitext(self.path)[0]}") from None
 
     def read_idx(self, key: int) -> bytes:
         """The record with this key (MXNet's read_idx)."""

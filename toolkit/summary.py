@@ -1,9 +1,10 @@
-"""Model summary: a per-layer table (output shape, parameters, MACs), total parameters and MACs.
+"""Model summary: a per-layer table (output shape, parameters, MACs), total parameters and MACs; and
+the one `--list-layers` table of every named module (tools/visualize.py, tools/extract_features.py).
 
 MACs come from torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2 for convolutions and
 matrix products), which counts what actually runs; per-layer output shapes from forward hooks.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -56,4 +57,29 @@ def format_table(summary: Dict) -> str:
                      f"{r['params']:>12,d} {r['macs']:>14,d}")
     lines.append(f"total parameters: {summary['params']:,d}")
     lines.append(f"multiply-accumulates: {summary['macs']:,d} ({summary['macs'] / 1e9:.2f} G)")
+    return "\n".join(lines)
+
+
+def layer_rows(model: nn.Module, image_size: int, device=None) -> List[Dict]:
+    """Every named module in registration order: its type, output shape for one image (C x H x W,
+    "-" where it does not run in evaluation) and parameters."""
+    outs, hooks = {}, []
+    for name, mod in model.named_modules():
+        if name:
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: outs.setdefault(name, o[0] if isinstance(o, (tuple, list)) else o)))
+    model.eval()
+    forward_with_hooks(model, torch.zeros(1, 3, image_size, image_size, device=device), hooks)
+    return [{"layer": n, "type": type(m).__name__,
+             "output": "x".join(map(str, outs[n].shape[1:])) if torch.is_tensor(outs.get(n)) else "-",
+             "parameters": sum(p.numel() for p in m.parameters())} for n, m in model.named_modules() if n]
+
+
+def format_layers(rows: List[Dict], marks: Optional[Dict[str, str]] = None) -> str:
+    """The --list-layers table; `marks`: a note after a layer's line (the default --layer)."""
+    marks = marks or {}
+    width = max([len("layer")] + [len(r["layer"]) for r in rows])
+    lines = [f"{'layer':<{width}}  {'type':<20} {'output':<16} parameters"]
+    lines += [f"{r['layer']:<{width}}  {r['type']:<20} {r['output']:<16} {r['parameters']}"
+              + (f"   <- {marks[r['layer']]}" if r["layer"] in marks else "") for r in rows]
     return "\n".join(lines)

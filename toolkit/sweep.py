@@ -3,8 +3,10 @@ with a readable prefix, run one after the other under torchrun or as one SLURM j
 
 Every variant is checked by tools/train.py's own click command (its flags, choices and ranges) and
 by the run configuration's checks before anything runs. A sweep started again skips finished runs,
-resumes stopped ones from their checkpoints (tools/resume.py) and starts the others; what a run's
-state is comes from the journal (toolkit/journal.py), so nothing else is kept.
+resumes stopped and lost ones (a heartbeat that stopped) from their checkpoints (tools/resume.py)
+and starts the others; what a run's state is comes from the journal (toolkit/journal.py), so nothing
+else is kept. A run that exists already must have the configuration the sweep gives it
+(check_identity: a changed flag is one line, never the old run's results).
 
 Stops: locally, Ctrl-C reaches the run (its own handler writes the checkpoint) and the sweep stops
 after it. Under SLURM, submitit's preemption/timeout signal is set to SIGTERM (SUBMITIT_PREEMPT_SIGNAL,
@@ -12,12 +14,14 @@ read by submitit at import; the sbatch file asks for --signal=TERM@90): the job'
 passes SIGTERM to its torchrun, waits for the run's checkpoint, and returns the same job, which
 submitit requeues and which then resumes.
 """
+import dataclasses
 import importlib.util
 import itertools
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +30,16 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import click
-import submitit
 import yaml
 
+try:  # --slurm only: a sweep on this machine needs no submitit (check_slurm says what is missing)
+    import submitit
+    _Checkpointable = submitit.helpers.Checkpointable
+except ImportError:
+    submitit, _Checkpointable = None, object
+
 from toolkit import journal
+from toolkit.engine.status import own_earlier_life, read_status
 from toolkit.errors import UserError
 
 STOP_WAIT_S = 80    # SLURM signals 90 s before the limit; the checkpoint must be on disk before then
@@ -41,6 +51,7 @@ class Run:
     prefix: str
     variant: dict          # {flag name: value}, e.g. {"act": "elu"}
     argv: List[str] = field(default_factory=list)   # tools/train.py's arguments
+    config: dict = field(default_factory=dict)      # the resolved configuration: the run's identity
 
 
 def load_command(path: str) -> click.Command:
@@ -145,7 +156,8 @@ def _flag_args(option: click.Option, value: str, where: str) -> List[str]:
 
 
 def _check(command: click.Command, argv: List[str], where: str) -> dict:
-    """Parse `argv` as tools/train.py would, then build the run configuration; errors in one line."""
+    """Parse `argv` as tools/train.py would, then build the run configuration (returned as a dict);
+    errors in one line."""
     from toolkit.engine.config import make_config
     try:
         ctx = command.make_context("tools/train.py", list(argv), resilient_parsing=False)
@@ -155,10 +167,9 @@ def _check(command: click.Command, argv: List[str], where: str) -> dict:
         raise UserError(f"{where}: {e.format_message().splitlines()[0]}") from None
     params = dict(ctx.params)
     try:
-        make_config(params.pop("recipe"), **params)
+        return dataclasses.asdict(make_config(params.pop("recipe"), **params))
     except UserError as e:
         raise UserError(f"{where}: {e.message}") from None
-    return ctx.params
 
 
 def _given(command: click.Command, common: List[str]) -> dict:
@@ -216,9 +227,29 @@ def plan(command: click.Command, common: List[str], grid: List[tuple], variants:
                                 "give the variants a name")
             seen[prefix] = flags
             argv = common + [a for k, v in flags.items() for a in _flag_args(options[k], v, k)] + ["--prefix", prefix]
-            _check(command, argv, f"run {prefix}" + (f" (variant {i})" if variants else ""))
-            runs.append(Run(prefix, flags, argv))
+            config = _check(command, argv, f"run {prefix}" + (f" (variant {i})" if variants else ""))
+            runs.append(Run(prefix, flags, argv, config))
     return runs
+
+
+def check_identity(runs: List[Run], logs_dir: str, ckpt_dir: str):
+    """A run of the sweep that exists already (a log or checkpoints under its prefix) must be the
+    same experiment: a flag that changed since (another --epochs, --lr, --data) is one line naming
+    it, before anything runs, never a "skip (finished)" with the old run's results."""
+    from toolkit.engine.config import flag_text, identity_differences
+    for run in runs:
+        if not journal.checkpoints(ckpt_dir, run.prefix) and not os.path.exists(os.path.join(logs_dir, run.prefix + ".log")):
+            continue
+        recorded = json.loads(journal.journal_row(run.prefix, logs_dir, ckpt_dir)["config"])
+        changed = identity_differences(run.config, recorded) if recorded else []
+        if changed:
+            key, want, have = changed[0]
+            more = f" (and {len(changed) - 1} more: {', '.join(k for k, _, _ in changed[1:])})" if len(changed) > 1 else ""
+            extend = (f"continue it with tools/resume.py --prefix {run.prefix} {flag_text(key, want)}, "
+                      if key == "epochs" else "")
+            raise UserError(f"run {run.prefix} exists with {flag_text(key, have)}, this sweep gives it "
+                            f"{flag_text(key, want)}{more}: another experiment needs another name (--prefix "
+                            f"BASE); {extend}or delete its log and checkpoints to start it again")
 
 
 def torchrun(nproc: int) -> List[str]:
@@ -231,11 +262,13 @@ def next_step(run: Run, nproc: int, tools: str, logs_dir: str, ckpt_dir: str) ->
     if not found and not os.path.exists(os.path.join(logs_dir, run.prefix + ".log")):
         return "train", torchrun(nproc) + [os.path.join(tools, "train.py")] + run.argv, ""
     row = journal.journal_row(run.prefix, logs_dir, ckpt_dir)
+    if row["status"] == "running" and own_earlier_life(read_status(logs_dir, run.prefix)):
+        row["status"] = "lost"  # this SLURM job, requeued after a hard kill (on this node or another)
     if row["status"] in ("finished", "running"):
         return "skip", None, f"{row['status']} {row['detail']}".strip()
     if row["status"] == "failed" and found:
         return "skip", None, f"failed ({row['detail']}); resume it by hand once mended"
-    if not found:  # stopped or failed before its first checkpoint: nothing to lose
+    if not found:  # stopped, lost or failed before its first checkpoint: nothing to lose
         return "train", torchrun(nproc) + [os.path.join(tools, "train.py")] + run.argv, ""
     return "resume", torchrun(nproc) + [os.path.join(tools, "resume.py"), "--prefix", run.prefix,
                                         "--checkpoints-dir", ckpt_dir], ""
@@ -279,7 +312,7 @@ def run_local(runs: List[Run], nproc: int, tools: str, logs_dir: str, ckpt_dir: 
     return code
 
 
-class SweepJob(submitit.helpers.Checkpointable):
+class SweepJob(_Checkpointable):
     """One run as a SLURM job (submitit): train or resume it under torchrun over the job's GPUs.
     A Checkpointable: on the preemption/timeout signal, checkpoint() stops the run the Ctrl-C way and
     returns the same job, which submitit requeues and which resumes from that checkpoint."""
@@ -315,6 +348,19 @@ class SweepJob(submitit.helpers.Checkpointable):
             while proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
         return submitit.helpers.DelayedSubmission(SweepJob(*self.args))
+
+
+def check_slurm(cluster: str):
+    """--slurm before any work: submitit importable and, for a real cluster, SLURM's commands on the
+    PATH (submitit's own check is a traceback from deep inside it)."""
+    if submitit is None:
+        raise UserError("--slurm: the submitit package is not installed in this environment; install it "
+                         "(pip install submitit, as requirements-lock.txt pins it) or run the sweep here without --slurm")
+    missing = [c for c in ("sbatch", "srun") if cluster == "slurm" and shutil.which(c) is None]
+    if missing:
+        raise UserError(f"--slurm: {' and '.join(missing)} not found on the PATH: this machine is not a SLURM "
+                        "login node; run the sweep from one, rehearse it here with --slurm-cluster local, "
+                        "or leave out --slurm to run the sweep on this machine")
 
 
 def _preempt_on_sigterm():

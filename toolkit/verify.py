@@ -2,7 +2,8 @@
 
 `verify_rec` scans the .rec sequentially (so truncation is found wherever it is), compares the
 record offsets with the .idx, decodes every image and counts labels; `rebuild_index` writes a missing
-.idx from a scan (keys from the image headers' id, as im2rec wrote them).
+.idx from a scan (keys from the image headers' id, as im2rec wrote them); `verify_prefix` also
+checks that each list's files are the shard set its last packing wrote (toolkit/shards.py).
 """
 import collections
 import dataclasses
@@ -13,7 +14,7 @@ from typing import Dict, List, Optional
 import torch
 import torchvision.io as tvio
 
-from toolkit import recordio
+from toolkit import recordio, shards
 from toolkit.atomic import atomic_open
 from toolkit.errors import UserError
 
@@ -102,4 +103,12 @@ def verify_prefix(prefix: str, fix_index: bool = False) -> List[VerifyReport]:
     recs = sorted(glob.glob(pattern))
     if not recs:
         raise UserError(f"no record file matches {pattern}")
-    return [verify_rec(r, fix_index) for r in recs]
+    reports = [verify_rec(r, fix_index) for r in recs]
+    firsts = {}
+    for report in reports:
+        firsts.setdefault(shards.base(report.rec), report)
+    for name, report in firsts.items():  # stale shards of an earlier packing: each file reads well
+        wrong = shards.problem(name)
+        if wrong:
+            report.problems.append(wrong)
+    return reports

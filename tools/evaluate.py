@@ -9,14 +9,14 @@ import sys
 
 import click
 
-from toolkit.cli import LOADERS
+from toolkit.cli import LOADERS, JsonCommand, json_options
 from toolkit.engine.evaluation import run_evaluation
 from toolkit.errors import UserError
 from toolkit.inference.ensemble import expand_members, run_ensemble_evaluation
 from toolkit.rules import rule
 
 
-@click.command(context_settings={"max_content_width": 100})
+@click.command(cls=JsonCommand, context_settings={"max_content_width": 100})
 @click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
 @click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
               help="Evaluate PREFIX-NNNN.pt; default: the newest checkpoint.")
@@ -33,7 +33,7 @@ from toolkit.rules import rule
 @click.option("--timeout", type=rule("timeout").click_type(), default=300, show_default=True,
               help="Seconds a loader worker or another rank may stay silent before the run ends with one line.")
 @click.option("--out-dir", default=None, help="Where the CSVs go; default: the run's logs folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
+@json_options
 def main(ensemble, prefix, epoch, **kwargs):
     if ensemble:
         if prefix or epoch is not None:
@@ -43,4 +43,4 @@ def main(ensemble, prefix, epoch, **kwargs):
 
 
 if __name__ == "__main__":
-    main(args=expand_members(sys.argv[1:]))
+    main(args=expand_members(sys.argv[1:], positional=False))

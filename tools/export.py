@@ -11,7 +11,8 @@ import sys
 import click
 
 from toolkit.inference.export import FORMATS, default_out, export, require_onnx
-from toolkit.inference.meta import load_member, resolve
+from toolkit.engine.model import load_member
+from toolkit.inference.meta import resolve
 from toolkit.rules import rule
 
 
@@ -30,7 +31,7 @@ from toolkit.rules import rule
 @click.option("--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True)
 def main(fmt, out, prefix, epoch, checkpoint_path, checkpoints_dir, data, atol, rtol):
     from toolkit.engine import checkpoint
-    from toolkit.engine.preflight import writable_file
+    from toolkit.engine.preflight import not_an_input, writable_file
     if fmt == "onnx":
         require_onnx()  # before any work
     if out:
@@ -39,6 +40,8 @@ def main(fmt, out, prefix, epoch, checkpoint_path, checkpoints_dir, data, atol, 
         path = resolve(checkpoint_path)
     else:
         path = checkpoint.find(checkpoints_dir, prefix, epoch)
+    if out:
+        not_an_input(out, "--out", [path])  # never over the checkpoint it reads
     member = load_member(path, data)
     if not out:
         out = default_out(member, fmt)

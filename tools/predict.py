@@ -2,7 +2,8 @@
 """Classify image files with a trained checkpoint (or an ensemble): top-k classes and probabilities.
 
     tools/predict.py --prefix resnet50 --epoch 90 photos/ extra/*.jpg      # folders (recursive), globs
-    tools/predict.py --checkpoint checkpoints/resnet50-0090.pt list.lst --csv out.csv --json out.json
+    tools/predict.py --checkpoint checkpoints/resnet50-0090.pt list.lst --csv out.csv --json-file out.json
+    tools/predict.py --epoch 90 photo.jpg --quiet --json                  # JSON as the last line
     tools/predict.py --ensemble resnet50:90 vgg16:74 photos/ --ten-crop    # mean softmax of several runs
     torchrun --nproc_per_node=8 tools/predict.py --epoch 90 --split val    # a split's records
 
@@ -13,12 +14,13 @@ import sys
 
 import click
 
+from toolkit.cli import JsonCommand, json_options
 from toolkit.inference.ensemble import expand_members
 from toolkit.inference.predict import run
 from toolkit.rules import rule
 
 
-@click.command(context_settings={"max_content_width": 100})
+@click.command(cls=JsonCommand, context_settings={"max_content_width": 100})
 @click.argument("inputs", nargs=-1)
 @click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
 @click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
@@ -30,10 +32,10 @@ from toolkit.rules import rule
 @click.option("--split", default=None, help="Predict on this split's records (of --data) instead of files.")
 @click.option("--data", default=None, help="Dataset folder: for --split, and for checkpoints older than "
                                            "self-describing ones (classes.tsv, mean/std).")
-@click.option("--root", default=None, help="Folder the paths of a .lst are relative to (default: the list's).")
+@click.option("--image-root", "--root", "root", default=None,
+              help="Folder the paths of a .lst are relative to (default: the list's).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--csv", "csv_path", default=None, help="Write path, class1, prob1, ... per image to this CSV.")
-@click.option("--json", "json_path", default=None, help="Write the predictions to this JSON file.")
 @click.option("--batch-size", type=rule("batch_size").click_type(), default=64, show_default=True, help="Images per process.")
 @click.option("--workers", type=rule("workers").click_type(), default=2, show_default=True, help="Decoding processes.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over 10 crops (corners, centre, flips).")
@@ -43,6 +45,7 @@ from toolkit.rules import rule
 @click.option("--timeout", type=rule("timeout").click_type(), default=300, show_default=True,
               help="Seconds a decoding worker or another rank may stay silent before the run ends with one line.")
 @click.option("--quiet", is_flag=True, help="No table on the terminal (the CSV/JSON only).")
+@json_options
 def main(inputs, **options):
     sys.exit(run(list(inputs), **options))
 

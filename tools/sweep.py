@@ -7,7 +7,9 @@ other (each under torchrun) or as one SLURM job array (submitit). Every other fl
     tools/sweep.py --variants variants.yaml --recipe resnet50 --data data/imagenet --dry-run
     tools/sweep.py --slurm --nproc-per-node 8 --slurm-partition gpu --grid lr=0.1,0.2 --recipe resnet50 ...
 
-Started again, it skips finished runs and resumes stopped ones. Ctrl-C stops the current run with
+Started again, it skips finished runs and resumes stopped ones (and lost ones: a run whose status
+file's heartbeat stopped); a run that exists with another configuration (a flag changed since) is
+refused in one line. Ctrl-C stops the current run with
 its checkpoint (as tools/train.py does) and the sweep. It ends with the journal of its runs.
 """
 import os
@@ -18,7 +20,8 @@ import pandas as pd
 
 from toolkit import journal
 from toolkit.errors import UserError
-from toolkit.sweep import dirs, load_command, load_variants, parse_grid, plan, run_local, submit
+from toolkit.sweep import (check_identity, check_slurm, dirs, load_command, load_variants, parse_grid,
+                           plan, run_local, submit)
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 
@@ -73,12 +76,15 @@ def main(ctx, grid, variants, nproc, dry_run, slurm, slurm_cluster, slurm_folder
     """Sweep over tools/train.py flags; every flag not listed here goes to every run."""
     if not grid and not variants:
         raise UserError("nothing to sweep: give --grid FLAG=V1,V2 (repeatable) or --variants FILE")
+    if slurm and not dry_run:
+        check_slurm(slurm_cluster)
     common = list(ctx.args)
     extra = _pairs(slurm_param, "--slurm-param")
     command = load_command(os.path.join(TOOLS, "train.py"))
     file_variants, file_grid = load_variants(variants) if variants else ([], [])
     runs = plan(command, common, parse_grid(grid) + file_grid, file_variants)
     logs_dir, ckpt_dir = dirs(command, common)
+    check_identity(runs, logs_dir, ckpt_dir)
     click.echo(f"{len(runs)} runs: {', '.join(r.prefix for r in runs)}", err=True)
     if slurm and not dry_run:
         folder = slurm_folder or os.path.join(logs_dir, "submitit")

@@ -6,13 +6,15 @@
     tools/train_linear.py feats/train --val feats/val --json
 
 C is chosen from a small grid on a held-out part of the training features; prints rank-1/rank-5
-and per-class and macro precision/recall/F1 on the validation features. --json: the last line is
-{"rank1": ..., "rank5": ..., ...} as tools/evaluate.py's.
+and per-class and macro precision/recall/F1 on the validation features (class names from the
+features' OUT.json), with a note when the chosen C is at the grid's edge. --json: the last line is
+{"rank1": ..., "rank5": ..., ...} as tools/evaluate.py's (--json-file PATH: the same in a file).
 """
 import click
 
+from toolkit.cli import JsonCommand, emit_json, json_options
 from toolkit.rules import rule
-from toolkit.transfer.linear import GRID, fit_and_score, report
+from toolkit.transfer.linear import GRID, fit_and_score, report, summary
 
 
 def _grid(ctx, param, value):
@@ -25,7 +27,7 @@ def _grid(ctx, param, value):
     return values
 
 
-@click.command(context_settings={"max_content_width": 100})
+@click.command(cls=JsonCommand, context_settings={"max_content_width": 100})
 @click.argument("train")
 @click.option("--val", required=True, help="Validation features (the --out stem of tools/extract_features.py).")
 @click.option("--c-grid", callback=_grid, default=",".join(f"{c:g}" for c in GRID), show_default=True,
@@ -33,9 +35,14 @@ def _grid(ctx, param, value):
 @click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Part of the training features held out to choose C.")
 @click.option("--seed", type=rule("seed").click_type(), default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
-def main(train, val, c_grid, holdout, seed, as_json):
-    print(report(fit_and_score(train, val, c_grid, holdout, seed), as_json))
+@json_options
+def main(train, val, c_grid, holdout, seed, as_json, json_file):
+    if json_file:
+        from toolkit.engine.preflight import writable_file
+        writable_file(json_file, "--json-file")
+    result = fit_and_score(train, val, c_grid, holdout, seed)
+    print(report(result))
+    emit_json(summary(result), as_json, json_file)
 
 
 if __name__ == "__main__":

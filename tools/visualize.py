@@ -19,7 +19,7 @@ import os
 
 import click
 
-from toolkit.engine.preflight import writable_file
+from toolkit.engine.preflight import not_an_input, writable_file
 from toolkit.errors import UserError
 from toolkit.rules import rule
 from toolkit.visualize import augment as augment_mod
@@ -32,7 +32,8 @@ _RUN_OPTIONS = [
     click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
                  help="Use PREFIX-NNNN.pt; default: the newest checkpoint."),
     click.option("--checkpoints-dir", default="checkpoints", show_default=True),
-    click.option("--logs-dir", default=None, help="Where the PNG goes by default: the run's logs folder."),
+    click.option("--out-dir", "--logs-dir", "logs_dir", default=None,
+                 help="Where the PNG and CSV go (without --out); default: the run's logs folder."),
     click.option("--data", default=None, help="Dataset folder; default: the one the run trained on."),
     click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto."),
     click.option("--out", default=None, metavar="PNG",
@@ -45,7 +46,8 @@ _IMAGE_OPTIONS = [
     click.option("--split", default=None, help="Split to take records from when no IMAGES are given."),
     click.option("--count", type=click.IntRange(min=1), default=None,
                  help="Images to use, spread evenly over the split (or over IMAGES)."),
-    click.option("--image-root", default=None, help="Folder the paths of a .lst are relative to."),
+    click.option("--image-root", "--root", "image_root", default=None,
+                 help="Folder the paths of a .lst are relative to (default: the list's)."),
 ]
 
 
@@ -84,6 +86,9 @@ def _command(fn):
     def wrapper(**p):
         if p.get("out"):  # before the checkpoint is loaded and the pictures computed
             writable_file(p["out"], "--out")
+            images = list(p.get("images") or ())
+            not_an_input(p["out"], "--out", images + [p[k] for k in ("csv_path",) if p.get(k)])
+            not_an_input(figures.csv_beside(p["out"]), "--out", images)  # the CSV written beside it
         fn(p)
     return wrapper
 
@@ -122,7 +127,7 @@ def _target(run, value):
         return run.class_names.index(value)
     if value.isdigit() and int(value) < len(run.class_names):
         return int(value)
-    raise UserError(f"--class {value}: not a class of {run.data} (e.g. {', '.join(run.class_names[:4])}) "
+    raise UserError(f"--class {value}: not a class of {run.path} (e.g. {', '.join(run.class_names[:4])}) "
                     f"nor a number below {len(run.class_names)}")
 
 
@@ -169,7 +174,7 @@ def activations(p):
     """The feature maps of the named layers for one image (the first of IMAGES, or of the split)."""
     run = _run(p)
     if p["list_layers"]:
-        click.echo(layers.format_table(layers.layer_table(run)))
+        click.echo(layers.layer_table(run))
         return
     if not p["layer_names"]:
         raise UserError("--layers A,B: name the layers to show (tools/visualize.py activations --list-layers)")

@@ -68,7 +68,8 @@ def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=
     if chosen == "dali":
         from toolkit.data.dali_backend import DaliLoader
         loader = DaliLoader(records, batches, image_size, eval_resize, seed, device, workers, mean,
-                            std, channels_last, dtype, min_scale, pca_lighting if train else 0.0)
+                            std, channels_last, dtype, min_scale, pca_lighting if train else 0.0,
+                            timeout=timeout, what=f"split {split!r} of {data_dir}")
     else:
         from toolkit.data.torch_backend import TorchLoader
         from toolkit.data.transforms import build_transform

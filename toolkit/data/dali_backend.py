@@ -30,7 +30,9 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
 import tempfile
+import weakref
 
 import numpy as np
 import torch
@@ -40,7 +42,8 @@ from toolkit.atomic import atomic_open
 from toolkit.data.discovery import RecordSet
 from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
 from toolkit.data.transforms import TrainTransform, eval_resize_for, lighting_shift
-from toolkit.data.workers import quiet_children, serve_quietly
+from toolkit.data.workers import SourceWatch, quiet_children, serve_quietly
+from toolkit.errors import Failed, Stalled, UserError
 
 
 def combined_index(records: RecordSet) -> str:
@@ -109,8 +112,9 @@ class BatchSource:
     rebuilds the pipeline when a run asks for another sequence (set_epoch out of turn)."""
 
     def __init__(self, records: RecordSet, batches: RankBatches, crop: TrainTransform, seed: int,
-                 pca_std: float, epoch0: int, start0: int):
+                 pca_std: float, epoch0: int, start0: int, eval_sizes=(0, 0)):
         self.records, self.batches, self.crop, self.seed = records, batches, crop, seed
+        self.eval_sizes = eval_sizes  # (shorter side, crop): evaluation's Resize and CenterCrop
         self.pca_std, self.epoch0, self.start0 = pca_std, epoch0, start0
 
     def __setstate__(self, state):
@@ -133,9 +137,23 @@ class BatchSource:
             labels[k] = int(recordio.first_label(header.label))
         encoded = [np.frombuffer(p, np.uint8) for p in payloads]
         if self.crop is None:
-            return encoded, labels
+            return (encoded, labels, *self.eval_geometry(payloads))
         # the draws read the headers from the bytes: `b"Exif" in` a numpy array is never true
         return (encoded, labels, *self.draws(items, payloads))
+
+    def eval_geometry(self, encoded):
+        """Per sample, torchvision's Resize(shorter) + CenterCrop as the torch backend computes them:
+        the resized (width, height), the long side truncated (DALI's resize_shorter rounds it), and the
+        crop's corner, rounded half to even (DALI's centre crop rounds half up): a pixel apart otherwise."""
+        n, (resize, size) = len(encoded), self.eval_sizes
+        shape, anchor = np.empty((n, 2), np.float32), np.empty((n, 2), np.float32)
+        for k, payload in enumerate(encoded):
+            height, width = image_size(payload)
+            short, long = min(height, width), max(height, width)
+            scaled = (resize, int(resize * long / short)) if short != resize else (short, long)
+            h, w = scaled if height <= width else scaled[::-1]
+            shape[k], anchor[k] = (w, h), (int(round((w - size) / 2.0)), int(round((h - size) / 2.0)))
+        return shape, anchor
 
     def draws(self, items, encoded):
         """Per sample, as TrainTransform and RecordDataset draw them: crop start (x, y) and shape
@@ -166,7 +184,7 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
     def pipe():
         device = "mixed" if gpu else "cpu"
         extra = dict(parallel=True, prefetch_queue_depth=2) if parallel else {}
-        outputs = fn.external_source(source, num_outputs=(5 + pca) if train else 2, batch=True,
+        outputs = fn.external_source(source, num_outputs=(5 + pca) if train else 4, batch=True,
                                      batch_info=True, **extra)
         jpegs, labels = outputs[:2]
         if train:
@@ -178,14 +196,33 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
                 shift = fn.reshape(outputs[5].gpu() if gpu else outputs[5], shape=[1, 1, 3])
                 images = math.clamp(fn.cast(images, dtype=types.FLOAT) + shift, 0.0, 255.0)
                 images = fn.cast(math.floor(images), dtype=types.UINT8)
-        else:
+        else:  # the torch backend's geometry, per sample from the source (BatchSource.eval_geometry)
+            shape, anchor = outputs[2:4]
             images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
-            images = fn.resize(images, resize_shorter=resize, antialias=True)
+            images = fn.resize(images, resize_x=shape[0], resize_y=shape[1], antialias=True)
+            images = fn.slice(images, anchor, np.array([size, size], np.float32), normalized_anchor=False,
+                              normalized_shape=False, out_of_bounds_policy="pad")
             mirror = 0
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(size, size),
                                           mean=list(mean), std=list(std), mirror=mirror)
         return images, labels
     return pipe()
+
+
+_OURS = re.compile(r"\S+\.rec key -?\d+ offset \d+: .*")  # BatchSource's own error, inside DALI's text
+
+
+def dali_reason(exc: Exception) -> str:
+    """One line from DALI's error (pages of traceback, C++ context and a worker's traceback): our
+    source's own message where it is inside, else the line after DALI's 'encountered:', else the first."""
+    text = str(exc)
+    ours = _OURS.search(text)
+    if ours:
+        return ours[0].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    after = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("encountered:")]
+    line = (after or lines or [type(exc).__name__])[0]
+    return re.sub(r"^(Error in thread \d+: )?\[[^\]]*\]\s*", "", line)[:300]
 
 
 def start_method(gpu: bool) -> str:
@@ -200,8 +237,10 @@ class DaliLoader:
     backend = "dali"
 
     def __init__(self, records: RecordSet, batches: RankBatches, image_size, eval_resize, seed, device,
-                 workers, mean, std, channels_last=False, dtype=torch.float32, min_scale=0.08, pca_std=0.0):
+                 workers, mean, std, channels_last=False, dtype=torch.float32, min_scale=0.08, pca_std=0.0,
+                 timeout=300.0, what="the data"):
         self.records, self.batches, self.size, self.seed = records, batches, image_size, seed
+        self.timeout, self.what, self._watch = timeout, what, None
         self.train, self.device, self.workers, self.mean, self.std = batches.train, device, workers, mean, std
         self.resize = eval_resize_for(image_size, eval_resize)
         self.channels_last, self.dtype, self.pca_std = channels_last, dtype, pca_std if batches.train else 0.0
@@ -223,7 +262,7 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
         gpu = self.device.type == "cuda"
         source = BatchSource(self.records, self.batches, self.crop, self.seed, self.pca_std,
-                             self.epoch, self.start)
+                             self.epoch, self.start, (self.resize, self.size))
         parallel = self.workers > 0
         extra = {}
         if parallel:  # one Python worker reads for every 4 decoding threads (reading is ~3% of decoding)
@@ -235,9 +274,21 @@ class DaliLoader:
                              bool(self.pca_std), parallel, batch_size=self.batches.batch_size,
                              num_threads=max(1, self.workers), device_id=device_id, prefetch_queue_depth=2,
                              seed=sample_seed(self.seed, 0) % 2 ** 31, **extra)
+            pipe.build()
+        # DALI's pool of source workers (private: nothing watched where this DALI lays it out otherwise)
+        workers = getattr(getattr(getattr(pipe, "_py_pool", None), "pool", None), "_processes", [])
+        self._watch = SourceWatch(workers, self.timeout, self.what)
+        weakref.finalize(pipe, self._watch.close)  # a pipeline collected unclosed: its workers' end is no news
+        with self._watch.waiting():  # the iterator reads the first batch as it starts
             iterator = DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False,
                                            last_batch_policy=LastBatchPolicy.PARTIAL)
         self._live = [iterator, self.epoch, 0, False]
+
+    def _drop(self):
+        """The live pipeline goes (its workers with it), and the watch on it."""
+        if self._watch is not None:
+            self._watch.close()
+        self._watch, self._live = None, None
 
     def _continues(self) -> bool:
         """Does the live pipeline's next epoch begin with (self.epoch, self.start)?"""
@@ -248,16 +299,21 @@ class DaliLoader:
     def __iter__(self):
         if self.start >= len(self):
             return
-        if not self._continues():
-            self._live = None  # the old pipeline and its workers go first
-            self._build()
-        live, finished = self._live, False
-        if live[3]:  # reset only now: between epochs the pipeline stays idle (no thread busy when,
-            live[0].reset()  # say, a DataLoader forks its workers), then prefetches this epoch
-            live[3] = False
-        b = self.start
+        b, finished = self.start, False
         try:
-            for out in live[0]:
+            if not self._continues():
+                self._drop()  # the old pipeline and its workers go first
+                self._build()
+            live = self._live
+            if live[3]:  # reset only now: between epochs the pipeline stays idle (no thread busy when,
+                with self._watch.waiting():  # say, a DataLoader forks its workers), then prefetches
+                    live[0].reset()
+                live[3] = False
+            while True:
+                with self._watch.waiting():
+                    out = next(live[0], None)
+                if out is None:
+                    break
                 x, y = out[0]["images"], out[0]["labels"]
                 x = x.to(self.device, non_blocking=True)
                 if self.channels_last:
@@ -265,20 +321,22 @@ class DaliLoader:
                 b += 1
                 yield x.to(self.dtype), y.view(-1).to(self.device, torch.int64)
             finished = True
-        except RuntimeError:
-            self.name_undecodable(b)  # DALI's message names no record: one line that does
+        except (Stalled, UserError):
             raise
+        except Exception as exc:  # DALI's own (a RuntimeError, or a bare Exception from a source worker)
+            self.name_undecodable(b)  # its message names no record: one line that does
+            raise Failed(f"DALI stopped while reading {self.what}: {dali_reason(exc)}; use --loader torch "
+                         "(it names and replaces undecodable records), or repair the shard") from None
         finally:
             if finished:  # the pipeline goes on with the next epoch
-                live[2], live[3] = live[2] + 1, True
-            elif self._live is live:  # abandoned mid-epoch: rebuilt on the next iteration
-                self._live = None
+                self._live[2], self._live[3] = self._live[2] + 1, True
+            elif self._live is not None:  # abandoned mid-epoch (or failed): rebuilt on the next iteration
+                self._drop()
 
     def name_undecodable(self, b: int):
         """After DALI stopped: a UserError naming the first record of batches b.. (those it was reading
         or prefetching) that OpenCV cannot decode either; nothing when every one decodes."""
         from toolkit.data.decode import decode
-        from toolkit.errors import UserError
         if self.train:
             self.batches.set_epoch(self.epoch)
         for k in range(b, min(b + 8, len(self.batches))):

@@ -1,24 +1,23 @@
 """Find a dataset directory's splits, classes and mean/std (the layout tools/im2rec.py writes).
 
 A split S is every `.rec` whose name without extension and `-NNNNN` shard suffix is S or ends in
-`_S` (`train.rec`, `imagenet_train.rec`, `train-00003.rec`), each with its `.idx` beside it.
+`_S` (`train.rec`, `imagenet_train.rec`, `train-00003.rec`), each with its `.idx` beside it; each
+list's files must be the set its last packing wrote (toolkit/shards.py: a mixture is refused).
 """
 import dataclasses
 import glob
 import json
 import os
-import re
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-from toolkit import recordio
+from toolkit import recordio, shards
 from toolkit.errors import UserError
 from toolkit.lists import read_classes
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # 0-255 RGB
 IMAGENET_STD = (58.395, 57.12, 57.375)
-_SHARD = re.compile(r"-\d{5}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +29,7 @@ class DatasetInfo:
 
 
 def _split_base(name: str) -> str:
-    return _SHARD.sub("", os.path.splitext(name)[0])
+    return shards.base(name)
 
 
 def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
@@ -50,6 +49,10 @@ def split_files(data_dir: str, split: str) -> List[Tuple[str, str]]:
             raise UserError(f"{idx}: index file missing for {rec} "
                             "(rebuild it with: tools/im2rec.py --verify --fix-index PREFIX)")
         pairs.append((rec, idx))
+    for name in sorted({shards.base(r) for r in recs}):  # each list's files: one packing's set
+        wrong = shards.problem(name)
+        if wrong:
+            raise UserError(f"{data_dir}: split {split!r}: {wrong}")
     return pairs
 
 
@@ -117,6 +120,11 @@ class RecordSet:
     def read(self, i: int) -> bytes:
         return self.readers[self.shard[i]].read(int(self.local[i]))
 
+    def name(self, i: int) -> str:
+        """A record's id in every tool's output: FILE.rec#KEY (KEY: its .idx key, the .lst image id)."""
+        r = self.readers[self.shard[i]]
+        return f"{r.path}#{r.keys[self.local[i]]}"
+
     def where(self, i: int) -> str:
         r = self.readers[self.shard[i]]
         return f"{r.path} key {r.keys[self.local[i]]} offset {int(r.offsets[self.local[i]])}"
@@ -163,7 +171,7 @@ def _shard_labels(reader: recordio.IndexedRecordReader) -> np.ndarray:
     with open(reader.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         mm.madvise(mmap.MADV_RANDOM)  # one page per record, no read-ahead of the image bytes
         data = np.frombuffer(mm, dtype=np.uint8)
-        span = np.arange(_HEAD)
+        span, slow = np.arange(_HEAD), []
         for lo in range(0, len(offsets), _CHUNK):
             off = offsets[lo:lo + _CHUNK]
             fits = off + _HEAD <= len(data)
@@ -177,15 +185,15 @@ def _shard_labels(reader: recordio.IndexedRecordReader) -> np.ndarray:
             # anything else (a record split by dmlc-core inside its header, a short record, a bad
             # offset) is read the slow way, which also names what is wrong with it
             odd = ~fits | (words[:, 0] != recordio.MAGIC) | (length < np.where(flag > 0, 28, 24))
-            for k in np.flatnonzero(odd):
-                out[lo + k] = _slow_label(reader, int(off[k]))
-        del data
+            slow.extend(lo + np.flatnonzero(odd))
+        del data  # before the map closes (BufferError otherwise, which hid the error below)
+    for i in slow:  # after the map is closed: an error here is the one the user sees
+        out[i] = _slow_label(reader, int(i))
     return out
 
 
-def _slow_label(reader, offset: int) -> float:
-    head, _ = reader.read_at(offset)
-    lab = recordio.unpack_label(head)
+def _slow_label(reader, i: int) -> float:
+    lab = recordio.unpack_label(reader.read(i))
     return float(lab if np.isscalar(lab) else lab[0])
 
 

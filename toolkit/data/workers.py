@@ -38,8 +38,67 @@ def worker_init(_worker_id):
     steps, so the first SIGTERM (and its copy) is let pass and a later one ends it (worker_signals)."""
     import cv2
     worker_signals()
+    watch_owner()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+def watch_owner():
+    """End this worker within a second of the training process's end, however it ended (SIGKILL by
+    the OOM killer or by torchrun after --shutdown-timeout). A loader worker is a child of the fork
+    server, and DataLoader's own watchdog checks its parent, the fork server, which in turn lives as
+    long as any worker holds its liveness pipe: without this, both outlived the run (holding /dev/shm
+    and the records) for good. The owner is multiprocessing's parent_process(), the process that asked
+    for the worker (forkserver and spawn alike); a thread waits on its pidfd."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    try:
+        fd = os.pidfd_open(parent.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel), or the owner is gone already
+        if not _alive(parent.pid):
+            os._exit(0)
+        fd = None
+    threading.Thread(target=_end_with, args=(parent.pid, fd), name="owner-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _end_with(pid: int, fd):
+    """Wait for process `pid` to end (its pidfd readable; else polled), then end this process."""
+    import select
+    while True:
+        if fd is not None:
+            select.select([fd], [], [])
+            break
+        if not _alive(pid):
+            break
+        time.sleep(1.0)
+    os._exit(0)  # nobody is left to read what this worker would make
+
+
+def die_with_parent():
+    """A direct child of the training process (DALI's source workers): the kernel ends it when the
+    training process ends (PR_SET_PDEATHSIG), SIGKILL or not; on systems without it, watch_owner."""
+    owner = multiprocessing.parent_process()
+    parent = owner.pid if owner is not None and owner.pid else os.getppid()
+    try:
+        import ctypes
+        if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        watch_owner()
+        return
+    if os.getppid() != parent:  # it ended before the request took effect
+        os._exit(0)
 
 
 # DataLoader notices a dead worker through SIGCHLD, which only a worker's parent gets: a fork
@@ -139,6 +198,7 @@ def serve_quietly():
     if threading.current_thread() is not threading.main_thread():
         return
     worker_signals()
+    die_with_parent()
     signal.signal(signal.SIGTERM, _grace_sigterm)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIET)
 
@@ -158,6 +218,93 @@ def _forked():
 
 os.register_at_fork(after_in_child=_forked)
 
+class SourceWatch:
+    """The bound on a wait for a DALI batch (toolkit/data/dali_backend.py). DALI waits without end
+    for a source worker that died (SIGKILL, the OOM killer: it waits in multiprocessing's Condition
+    for the dead one's acknowledgement) or hangs. A thread watches the workers (their sentinels) and
+    the wait (`waiting()`): on a death, or after `timeout` s without a batch, it interrupts the main
+    thread's wait with a signal whose handler raises the one-line Stalled error; a main thread that
+    does not come back within GRACE s (a wait inside DALI's C++) is ended by the thread itself."""
+    SIGNAL = signal.SIGURG  # ignored by default: a late one after the handler is gone does nothing
+    GRACE = 5.0
+
+    def __init__(self, processes, timeout: float, what: str):
+        self.processes, self.timeout, self.what = list(processes), timeout, what
+        self.since, self.error, self.heard = None, None, threading.Event()
+        self._closed = threading.Event()
+        if signal.getsignal(self.SIGNAL) is not _raise_pending:  # one handler for every watch
+            signal.signal(self.SIGNAL, _raise_pending)
+        self._thread = threading.Thread(target=self._watch, name="dali-source-watch", daemon=True)
+        self._thread.start()
+        _WATCHES.append(self)  # end_workers closes it before it ends the workers
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Around a wait for a batch: the --timeout bound runs while inside."""
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.since = None
+
+    def close(self):
+        """No more news from these workers (their pipeline closes them: exit 0 or SIGTERM)."""
+        self._closed.set()
+        with contextlib.suppress(ValueError):
+            _WATCHES.remove(self)
+
+    def _watch(self):
+        sentinels = [p.sentinel for p in self.processes]
+        while not self._closed.is_set():
+            if sentinels:
+                multiprocessing.connection.wait(sentinels, timeout=0.5)
+            else:
+                self._closed.wait(0.5)
+            if self._closed.is_set():
+                return
+            # 0 and SIGTERM: DALI closing its pool (a pipeline that went without close()); the rest died
+            dead = [p for p in self.processes if p.exitcode not in (None, 0, -signal.SIGTERM)]
+            if dead:
+                return self._fire(self._dead(dead[0]))
+            if self.since is not None and time.monotonic() - self.since > self.timeout:
+                return self._fire(Stalled(
+                    f"DALI gave no batch for {self.timeout:g} s while reading {self.what}{_AFTER}a stuck "
+                    "source worker or slow storage; raise --timeout if the storage is slow, then continue "
+                    "with tools/resume.py"))
+
+    def _dead(self, proc):
+        code = proc.exitcode
+        how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return Stalled(f"DALI source worker (pid {proc.pid}, {how}) died while reading {self.what}{_AFTER}"
+                       "check the machine's memory (dmesg: the OOM killer) or lower --workers, then continue "
+                       "with tools/resume.py")
+
+    def _fire(self, error: Stalled):
+        error.hard = True  # DALI's pool would wait for the dead worker again when it closes: leave at once
+        self.error = error
+        with contextlib.suppress(Exception):
+            signal.pthread_kill(threading.main_thread().ident, self.SIGNAL)
+        if not self.heard.wait(self.GRACE):
+            import logging
+            logging.getLogger("toolkit").error(f"Error: {error.message}")
+            from toolkit.errors import hard_exit
+            end_workers()
+            hard_exit(error.exit_code)
+
+
+
+def _raise_pending(_signum, _frame):
+    """SourceWatch.SIGNAL's handler, in the main thread: raise a watch's error (once)."""
+    for watch in list(_WATCHES):
+        if watch.error is not None and not watch.heard.is_set():
+            watch.heard.set()
+            raise watch.error
+
+
+_WATCHES = []
+_AFTER = "; the run stops here (checkpoints already written are kept): "
+
+
 _TIMEOUT = re.compile(r"DataLoader timed out after ([\d.]+) seconds")
 _DIED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\)? (?:is killed by signal: (.+?)\.|exited unexpectedly)")
 
@@ -169,7 +316,7 @@ def stalled(exc: Exception, loader, what: str):
     split. A worker that dies while its batch crosses over surfaces as a broken connection
     (ConnectionResetError, EOFError) rather than as DataLoader's own message."""
     text = str(exc)
-    after = "; the run stops here (checkpoints already written are kept): "
+    after = _AFTER
     m = _TIMEOUT.search(text)
     if m:
         return Stalled(f"loader {_expected_worker(loader)} gave no batch for {m.group(1)} s while reading {what}"
@@ -220,6 +367,8 @@ def _expected_worker(loader) -> str:
 def end_workers():
     """Kill this process's worker processes now (every loader's): a hung worker never reads the
     shutdown request DataLoader would send it."""
+    for watch in list(_WATCHES):  # the deaths below are no news
+        watch.close()
     for proc in multiprocessing.active_children():
         proc.kill()
     for proc in multiprocessing.active_children():

@@ -49,9 +49,15 @@ class Bookkeeping:
         loader = getattr(self.train_loader, "choice", self.train_loader.backend)  # "dali (auto: GPU decode)"
         for line in header_lines(self.cfg, self.env, loader, params) + self.transfer.lines:
             self.log.info(line)
-        if resumed_from:
+        if resumed_from:  # logged when the run moves (_log_resume): a launch that never does leaves
+            # the log's later epochs in effect, as it leaves their checkpoints in place
             lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
-            self.log.info(mxlog.resume_line(resumed_from, self.epoch, self.batch, lr))
+            self.resume_line = mxlog.resume_line(resumed_from, self.epoch, self.batch, lr)
+
+    def _log_resume(self):
+        line, self.resume_line = self.resume_line, None
+        if line:
+            self.log.info(line)
 
     def state(self, epoch: int, batch: int, train_sums=None) -> dict:
         dist.broadcast_buffers(self.model)

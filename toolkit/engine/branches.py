@@ -7,17 +7,15 @@ plain resume continues the current branch (the newest checkpoint left in CKPT/),
 counts the current branch only. Each such folder is a checkpoints folder of its own:
 `tools/resume.py --checkpoints-dir CKPT/PREFIX.abandoned-.../` continues that branch there.
 """
-import contextlib
 import datetime
 import glob
 import math
 import os
-import signal
-import threading
 from typing import List, Optional, Tuple
 
 import torch
 
+from toolkit.atomic import signals_held
 from toolkit.engine import checkpoint
 from toolkit.errors import UserError
 
@@ -46,34 +44,12 @@ def start_branch(directory: str, prefix: str, position: Tuple[int, int], now=Non
         n += 1
         folder = f"{base}-{n}"
     os.makedirs(folder)
-    with _signals_held():  # a stop signal (exit at once before training) waits for the last rename
+    with signals_held():  # a stop signal (exit at once before training) waits for the last rename
         for path in later:
             for src in (path, checkpoint.val_path(path)):
                 if os.path.exists(src):
                     os.replace(src, os.path.join(folder, os.path.basename(src)))
     return folder
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C, SIGTERM and SIGHUP held back and delivered when the block ends (a signal mask would
-    not do: the signal goes to any thread that does not block it, and Python runs its handler in
-    the main thread at the next bytecode)."""
-    got = []
-    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-    if threading.current_thread() is not threading.main_thread():
-        sigs = []
-    previous = {sig: signal.getsignal(sig) for sig in sigs}
-    held = [sig for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
-    for sig in held:
-        signal.signal(sig, lambda signum, _frame: got.append(signum))
-    try:
-        yield
-    finally:
-        for sig in held:
-            signal.signal(sig, previous[sig])
-        for signum in got:
-            signal.raise_signal(signum)
 
 
 def branch_folders(directory: str, prefix: str) -> List[str]:

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import re
+import shutil
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -70,8 +71,27 @@ def save(path: str, state: dict):
     try:
         with atomic_path(path) as tmp:
             torch.save({"version": VERSION, **state}, tmp)
+    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
+        raise write_failed(path, exc) from None
     finally:
         torch.serialization.set_crc32_options(crc)
+
+
+def write_failed(path: str, exc: Exception) -> UserError:
+    """The one line for a checkpoint that could not be written (a full disk, a quota, a lost mount):
+    atomic_path has removed the partial file, so the checkpoints on disk are the earlier ones."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if isinstance(exc, OSError):
+        why = exc.strerror or str(exc)
+    else:  # "[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662": the file came up short
+        first = (str(exc).strip().splitlines() or [""])[0]
+        why = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)[:200] or type(exc).__name__
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        why += f"; {free / 2 ** 20:.0f} MiB free there" if free < 2 ** 30 else ""
+    return UserError(f"{path}: the checkpoint could not be written ({why}); the partial file is removed and "
+                     f"the checkpoints already in {folder} are intact: free space there (or use --checkpoints-dir "
+                     "on another disk), then continue with tools/resume.py")
 
 
 def load(path: str) -> dict:
@@ -82,6 +102,15 @@ def load(path: str) -> dict:
     except Exception as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "")  # torch's run to pages
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+
+
+def prefix_of(path: str) -> str:
+    """The run a checkpoint file belongs to, by its name: `fork-0001.pt` continues as run `fork`,
+    whatever prefix the configuration inside it names (a copied checkpoint is a fork)."""
+    m = _NAME.match(os.path.basename(path))
+    if not m:
+        raise UserError(f"{path}: not a checkpoint name (PREFIX-NNNN.pt or PREFIX-NNNN-bNNNNNN.pt)")
+    return m["prefix"]
 
 
 def list_checkpoints(directory: str, prefix: Optional[str] = None) -> Dict[str, Dict[Tuple[int, int], str]]:

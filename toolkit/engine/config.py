@@ -5,6 +5,7 @@ header and into every checkpoint, and it is all a resumed run needs besides the 
 """
 import dataclasses
 import json
+import os
 from typing import Optional, Tuple
 
 from toolkit.cli import AMP, OPTIMIZERS, SCHEDULES, model_kwargs
@@ -127,6 +128,44 @@ def from_dict(d: dict) -> TrainConfig:
         d[key] = tuple(d[key]) if d.get(key) is not None else None
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
+
+
+# what does not make a run another experiment: where it writes, how it is named, how fast or how
+# verbosely it runs, and lr_from_epoch (a resume with a new --lr sets it)
+NOT_IDENTITY = {"prefix", "logs_dir", "checkpoints_dir", "workers", "timeout", "log_every", "keep_last",
+                "loader", "channels_last", "compile", "deterministic", "lr_from_epoch"}
+
+
+def identity_differences(planned: dict, recorded: dict) -> list:
+    """[(key, planned value, recorded value)] where a planned configuration is another experiment
+    than a recorded one (a run's identity: its resolved configuration). Options left to be resolved
+    at run time (None; --mean/--std dataset) and keys the record lacks (older runs) are not compared."""
+    out = []
+    for key in sorted(planned):
+        want, have = _comparable(key, planned[key]), _comparable(key, recorded.get(key))
+        if key in NOT_IDENTITY or key not in recorded or want is None or (key in ("mean", "std") and not want):
+            continue
+        if want != have:
+            out.append((key, planned[key], recorded.get(key)))
+    return out
+
+
+def _comparable(key: str, value):
+    if isinstance(value, (tuple, list)):
+        return [float(v) for v in value] if all(isinstance(v, (int, float)) for v in value) else list(value)
+    if key in ("data", "init_from") and isinstance(value, str) and value and ":" not in value:
+        return os.path.normpath(value)
+    return value
+
+
+def flag_text(key: str, value) -> str:
+    """A configuration value as the command-line flag that gives it: --epochs 3, --no-nesterov."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    if isinstance(value, (tuple, list)):
+        return f"{flag} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
 
 
 def validate(cfg: TrainConfig):

@@ -4,6 +4,7 @@ import dataclasses
 import datetime
 import os
 import re
+import time
 
 import torch
 import torch.distributed as dist
@@ -81,6 +82,10 @@ _LOST = ("timed out", "timeout", "connection closed", "connection reset", "broke
          "socket", "watchdog", "nccl error")
 
 
+class LostRank(Stalled):
+    """Another rank stopped answering: its own error, if it said one, is in told_errors()."""
+
+
 def lost_rank(exc: Exception, env: DistEnv, timeout: float):
     """The one-line Stalled error for a collective that failed because another rank stopped
     answering (hung: after `timeout` s; died: at once), or None for any other error. With NCCL,
@@ -91,7 +96,54 @@ def lost_rank(exc: Exception, env: DistEnv, timeout: float):
     if not any(word in text.lower() for word in _LOST):
         return None
     first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])[:200] if text else type(exc).__name__
-    return Stalled(f"rank {env.rank}: another rank stopped answering (no reply within {timeout:g} s, or it "
+    return LostRank(f"rank {env.rank}: another rank stopped answering (no reply within {timeout:g} s, or it "
                    f"died: {first}); the run stops here (checkpoints already written are kept): see the "
                    "other ranks' messages above, raise --timeout if a slow file system delays them, then "
                    "continue with tools/resume.py")
+
+
+# --- one line per failing rank: a rank's error reaches rank 0 (and its log) through the rendezvous store
+_ERROR_KEY = "cnn-toolkit/error/"
+
+
+def _store():
+    """The process group's key-value store (torchrun's agent store, or rank 0's TCPStore); None if
+    there is none (one process) or it is unreachable."""
+    if not dist.is_initialized():
+        return None
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(datetime.timedelta(seconds=5))  # a store that went with its host: no long wait
+        return store
+    except Exception:
+        return None
+
+
+def tell_error(env: DistEnv, message: str):
+    """Leave this rank's one-line error where the other ranks can read it (told_errors)."""
+    store = _store()
+    if store is not None:
+        try:
+            store.set(f"{_ERROR_KEY}{env.rank}", message)
+        except Exception:  # the store's host is gone: this rank's own line is all there is
+            pass
+
+
+def told_errors(env: DistEnv, wait: float, ranks=None) -> dict:
+    """{rank: message} of the other ranks (or of `ranks`) that told an error, waiting at most `wait`
+    seconds for a first one (a rank that failed may still be on its way to say so)."""
+    store = _store()
+    if store is None:
+        return {}
+    ranks = [r for r in (range(env.world) if ranks is None else ranks) if r != env.rank]
+    deadline, found = time.monotonic() + wait, {}
+    while True:
+        try:
+            for r in ranks:
+                if r not in found and store.check([f"{_ERROR_KEY}{r}"]):
+                    found[r] = store.get(f"{_ERROR_KEY}{r}").decode(errors="replace")
+        except Exception:
+            return found
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)

@@ -1,6 +1,5 @@
 """tools/evaluate.py: a checkpoint's rank-1/rank-5 accuracy over a split, exact across ranks, with
 per-class precision/recall/F1 and the confusion matrix written as CSV (pandas)."""
-import json
 import os
 
 import numpy as np
@@ -8,10 +7,9 @@ import pandas as pd
 import torch
 
 from toolkit.atomic import atomic_open
-from toolkit.data import dataset_info
+from toolkit.cli import emit_json
 from toolkit.engine import checkpoint, dist, preflight
-from toolkit.engine.config import from_dict, override
-from toolkit.engine.model import prepare_model
+from toolkit.engine.config import override
 from toolkit.engine.passes import evaluate, make_eval_loader
 from toolkit.engine.run import raise_stalled
 
@@ -29,12 +27,6 @@ def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:
     return pd.DataFrame({"class": np.arange(n), "name": names if names and len(names) == n else [str(i) for i in range(n)],
                          "support": support, "predicted": predicted, "precision": precision,
                          "recall": recall, "f1": f1})
-
-
-def class_names(names, num_classes: int):
-    """classes.tsv's names, numbers for the classes of a model trained with more (--num-classes)."""
-    names = list(names or [])
-    return names + [str(i) for i in range(len(names), num_classes)] if len(names) < num_classes else names
 
 
 def undecodable(loader, env) -> list:
@@ -56,20 +48,25 @@ def write_csv(df: pd.DataFrame, path: str, index: bool = False):
 
 def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=None, split="val",
                    ten_crop=False, batch_size=None, loader="auto", workers=2, out_dir=None,
-                   as_json=False, timeout=300.0) -> int:
+                   as_json=False, timeout=300.0, json_file=None) -> int:
     env = dist.setup(timeout)
     try:
+        from toolkit.engine.meta import check_class_map
+        from toolkit.engine.model import load_member
         path = checkpoint.find(checkpoints_dir, prefix, epoch)
-        state = checkpoint.load(path)
-        cfg = override(from_dict(state["config"]), timeout=timeout)
+        member = load_member(path, data)  # normalisation, input size, class names: the checkpoint's
+        cfg = override(member.cfg, timeout=timeout)
         data = data or cfg.data
-        info = dataset_info(data)
-        num_classes = cfg.num_classes  # may be above classes.tsv's count: training allows it
+        num_classes = member.meta["num_classes"]  # may be above classes.tsv's count: training allows it
+        preflight.on_main(env, lambda: check_class_map(member.meta, data, path))
         preflight.check_eval_labels(data, split, num_classes, path, env)
         out_dir = out_dir or cfg.logs_dir
         preflight.on_main(env, lambda: preflight.writable_dir(out_dir, "--out-dir"))
-        model = prepare_model(override(cfg, sync_bn=False), env)  # no SyncBatchNorm needed to evaluate
-        model.load_state_dict(state["model"])
+        if json_file:
+            preflight.on_main(env, lambda: preflight.writable_file(json_file, "--json-file"))
+        model = member.model.to(env.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         val_loader = make_eval_loader(cfg, env, data, split, batch_size, loader, workers, ten_crop)
         result = evaluate(model, val_loader, env, num_classes, cfg.amp)
         result["undecodable"] = left_out = undecodable(val_loader, env)
@@ -79,7 +76,7 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
         confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
         confusion = result["confusion"].numpy()
-        table = per_class_table(confusion, class_names(info.class_names, num_classes))
+        table = per_class_table(confusion, member.meta["class_names"])
         write_csv(table, per_class_csv)
         labels = list(table["name"])
         write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
@@ -94,12 +91,11 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         worst = table.sort_values("f1").head(5)
         print("lowest F1: " + ", ".join(f"{r.name} {r.f1:.3f}" for r in worst.itertuples()))
         print(f"per-class precision/recall/F1: {per_class_csv}\nconfusion matrix: {confusion_csv}")
-        if as_json:
-            print(json.dumps({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
-                              "cross_entropy": result["cross-entropy"], "images": result["images"],
-                              "undecodable": len(left_out), "undecodable_records": left_out,
-                              "checkpoint": path, "split": split, "ten_crop": ten_crop,
-                              "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}))
+        emit_json({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
+                   "cross_entropy": result["cross-entropy"], "images": result["images"],
+                   "undecodable": len(left_out), "undecodable_records": left_out,
+                   "checkpoint": path, "split": split, "ten_crop": ten_crop,
+                   "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}, as_json, json_file)
         return 0
     except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line
         raise_stalled(exc, env, timeout)

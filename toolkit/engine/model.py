@@ -2,11 +2,16 @@
 
     prepare_model(cfg, env)        # a run's model (seeded, on its device, layout, SyncBatchNorm)
     build_eval_model(cfg, state)   # a checkpoint's model in eval mode, on the CPU, from its config
+    load_member(path)              # a checkpoint file ready to run: (path, model, meta, config)
 """
+import dataclasses
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from toolkit.engine.config import override
+from toolkit.engine.meta import load_trained
 from toolkit.errors import UserError
 from toolkit.registry import build_model
 
@@ -33,6 +38,21 @@ def build_eval_model(cfg, state: dict) -> nn.Module:
     return model.eval()
 
 
+
+@dataclasses.dataclass
+class Member:
+    """One checkpoint ready to run: eval-mode model, its meta and configuration."""
+    path: str
+    model: torch.nn.Module
+    meta: dict
+    cfg: object
+
+
+def load_member(path: str, data: Optional[str] = None) -> Member:
+    state, cfg, meta = load_trained(path, data)
+    return Member(path, build_eval_model(cfg, state), meta, cfg)
+
+
 class ModelHook:
     """What a run may add around its model, handed to the Trainer where the run is composed
     (toolkit/training.py hands in transfer learning's, toolkit/transfer/hook.py). This one adds
@@ -42,10 +62,16 @@ class ModelHook:
     when what learns changed (DDP is then rebuilt); `lines`: for the log's header."""
 
     def __init__(self, cfg=None, env=None, fresh: bool = True):
-        self.lines, self.head = [], []
+        self.lines, self.head, self.fresh = [], [], fresh
 
     def resolve(self, cfg):
-        return cfg
+        """A fresh run's normalisation, written into its configuration from its start: --mean/--std,
+        else the dataset's (a resume keeps its run's)."""
+        if not self.fresh or cfg.mean is not None or cfg.std is not None:
+            return cfg
+        from toolkit.data.discovery import dataset_info
+        data = dataset_info(cfg.data)
+        return override(cfg, mean=tuple(data.mean), std=tuple(data.std))
 
     def attach(self, model: nn.Module, cfg):
         pass

@@ -11,9 +11,11 @@ import tempfile
 import numpy as np
 import torch
 
-from toolkit.data.discovery import check_labels, dataset_info, has_split, header_labels, open_split
+from toolkit.data.discovery import check_labels, dataset_info, has_split, header_labels, open_split, split_files
 from toolkit.engine import dist
 from toolkit.engine.config import TrainConfig, override
+
+DEFAULT_VAL = TrainConfig.val_split  # a dataset without it trains without validation; any other name must exist
 from toolkit.errors import UserError
 
 
@@ -56,6 +58,17 @@ def writable_file(path: str, flag: str):
     writable_dir(os.path.dirname(path) or ".", flag)
 
 
+def not_an_input(path: str, flag: str, inputs):
+    """An output file must not be one of the tool's inputs (it would be read, then written over)."""
+    if not os.path.exists(path):
+        return
+    real = os.path.realpath(path)
+    same = next((p for p in inputs if os.path.realpath(p) == real), None)
+    if same is not None:
+        raise UserError(f"{flag} {path}: is one of the inputs ({same}) and would be written over; "
+                        f"give {flag} another file name")
+
+
 def check_output_dirs(cfg: TrainConfig, env):
     """--logs-dir and --checkpoints-dir, before the log is opened: rank 0 writes both."""
     def check():
@@ -74,6 +87,7 @@ def settle_num_classes(cfg: TrainConfig, env, log) -> TrainConfig:
     derived = []
 
     def count_and_check():
+        check_val_split(cfg)
         train = open_split(cfg.data, cfg.train_split)
         labels = header_labels(train)
         n = cfg.num_classes or info.num_classes
@@ -93,6 +107,16 @@ def settle_num_classes(cfg: TrainConfig, env, log) -> TrainConfig:
         log.info(f"{cfg.data} has no classes.tsv: {n} classes, from the largest label of split "
                  f"{cfg.train_split!r} + 1 (--num-classes N to set it)")
     return override(cfg, num_classes=n)
+
+
+def check_val_split(cfg: TrainConfig):
+    """A --val-split the dataset lacks is a typo (a run would train without validation and end
+    with status 0); only the default name may be absent."""
+    if cfg.val_split != DEFAULT_VAL and not has_split(cfg.data, cfg.val_split):
+        try:
+            split_files(cfg.data, cfg.val_split)
+        except UserError as exc:
+            raise UserError(f"--val-split {cfg.val_split}: {exc.message}") from None
 
 
 def check_eval_labels(data: str, split: str, num_classes: int, checkpoint: str, env):

@@ -1,25 +1,28 @@
 """A training run from start to exit code (toolkit/training.py composes it with what the engine
-does not know of: transfer learning, the status file; tools/train.py and tools/resume.py call that).
+does not know of, transfer learning; tools/train.py and tools/resume.py call that).
 
 run() sets up the process group (torchrun or one process), logging and the stop handler, trains, and
 returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoint was written),
 2 a user error (one line, no traceback).
 """
+import functools
 import os
 import shlex
 import sys
 
+import click
 import torch
 
 from toolkit import mxlog
 from toolkit.data.workers import end_workers, stalled
-from toolkit.engine import branches, checkpoint, determinism, dist, preflight
+from toolkit.engine import branches, checkpoint, determinism, dist, preflight, status
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.model import ModelHook
+from toolkit.engine.preflight import ReportedElsewhere
 from toolkit.engine.signals import StopRequest
 from toolkit.engine.trainer import Trainer
-from toolkit.errors import Stalled, UserError
+from toolkit.errors import Stalled, UserError, at_hard_exit, forget_hard_exit, hard_exit
 
 TOY = "data/toy"
 
@@ -75,6 +78,33 @@ def raise_stalled(exc: RuntimeError, env, timeout: float):
     raise lost from None
 
 
+STATUS = {0: "finished", 130: "stopped"}  # any other exit code: "failed"
+
+
+def recorded(run_fn):
+    """LOGS/PREFIX.status.json for tools/runs.py and tools/sweep.py (what the log cannot say,
+    toolkit/engine/status.py): "running" with a heartbeat while the run lives, then how the launch
+    ended: finished (exit 0), stopped (130), failed (2, or an exception), also when it leaves at
+    once (errors.hard_exit: a lost rank, a dead worker, a second Ctrl-C). Rank 0 writes it. A fresh
+    run that will refuse to overwrite an earlier run's checkpoints leaves that run's file."""
+    @functools.wraps(run_fn)
+    def wrapper(cfg: TrainConfig, state=None, resumed_from=None, **handed) -> int:
+        if os.environ.get("RANK", "0") != "0" or (
+                state is None and checkpoint.list_checkpoints(cfg.checkpoints_dir, cfg.prefix)):
+            return run_fn(cfg, state, resumed_from, **handed)
+        last = at_hard_exit(lambda c: status.write_status(
+            cfg.logs_dir, cfg.prefix, STATUS.get(c, "failed"), code=c))
+        code = None
+        try:
+            with status.heartbeat(cfg.logs_dir, cfg.prefix):
+                code = run_fn(cfg, state, resumed_from, **handed)
+            return code
+        finally:
+            forget_hard_exit(last)
+            status.write_status(cfg.logs_dir, cfg.prefix, STATUS.get(code, "failed"), code=code)
+    return wrapper
+
+
 def preflight_paths(cfg: TrainConfig, env) -> str:
     """The output folders, checked before the log opens: the problem's one line, or ''."""
     try:
@@ -84,6 +114,7 @@ def preflight_paths(cfg: TrainConfig, env) -> str:
     return ""
 
 
+@recorded
 def run(cfg: TrainConfig, state=None, resumed_from=None, hook=ModelHook) -> int:
     """Train cfg's run (from `state`, the checkpoint `resumed_from`, when resuming); `hook`: what the
     run adds around its model (toolkit/engine/model.py's ModelHook)."""
@@ -107,8 +138,8 @@ def run(cfg: TrainConfig, state=None, resumed_from=None, hook=ModelHook) -> int:
         ensure_data(cfg, env)
         cfg = preflight.settle_num_classes(cfg, env, log)
         trainer = Trainer(cfg, env, log, state, resumed_from, stop, hook=hook)
-        if state is not None:
-            branch_off(cfg, env, log, state)
+        if state is not None:  # the branch starts at the first step it trains, not before
+            trainer.before_first_step = functools.partial(branch_off, cfg, env, log, state)
         result = trainer.fit()
         if result.get("stopped"):
             log.info(f"to resume: {resume_command(cfg, env)}")
@@ -116,27 +147,49 @@ def run(cfg: TrainConfig, state=None, resumed_from=None, hook=ModelHook) -> int:
         log.info(f"Training finished: {cfg.epochs} epochs; checkpoints in {cfg.checkpoints_dir}/, "
                  f"log in {os.path.join(cfg.logs_dir, cfg.prefix + '.log')}")
         return 0
-    except UserError as exc:
-        if env.main:
-            log.error(f"Error: {exc.message}")
-        return 2
-    except (Stalled, RuntimeError) as exc:  # a worker or a rank that stopped answering: one line, any rank
-        lost = exc if isinstance(exc, Stalled) else stalled_error(exc, env, cfg.timeout)
-        if lost is None:
+    except (click.ClickException, RuntimeError) as exc:  # one line from any rank, or a traceback (a bug)
+        err = exc if isinstance(exc, click.ClickException) else stalled_error(exc, env, cfg.timeout)
+        if err is None:
             raise
-        log.error(f"Error: {lost.message}")
-        end_workers()
-        if env.world > 1:  # a collective can no longer finish: do not wait for it in teardown
-            os._exit(lost.exit_code)
-        return lost.exit_code
+        return failed(err, env, log)
     finally:
         stop.uninstall()
         dist.teardown()
 
 
+def failed(err: click.ClickException, env, log) -> int:
+    """Say a run's error once, whichever rank met it, and leave. A rank's own error is told to the
+    others (rank 0's log gets it from a rank that failed alone); rank 0's error, which every rank
+    may meet alike (a flag, the data), is said by rank 0 only; a rank that lost another says what
+    that rank told. With several ranks the exit is at once: a collective can no longer finish."""
+    if isinstance(err, ReportedElsewhere):
+        return err.exit_code
+    message = err.message
+    if isinstance(err, dist.LostRank):
+        told = dist.told_errors(env, wait=5.0)
+        if told:
+            r = min(told)
+            message = (f"rank {env.rank} stopped with rank {r}, which failed: {told[r]}"
+                       if env.world > 1 else told[r])
+    elif env.world > 1:
+        dist.tell_error(env, message)
+        if not env.main:
+            same = dist.told_errors(env, wait=2.0, ranks=[0]).get(0) == message
+            message = None if same else f"rank {env.rank}: {message}"
+    if message is not None:
+        log.error(f"Error: {message}")  # every rank's console (warnings and up); rank 0's log file too
+    if isinstance(err, Stalled):
+        end_workers()
+    if env.world > 1 or getattr(err, "hard", False):  # hard: a dead worker's pipeline would wait at exit
+        end_workers()
+        hard_exit(err.exit_code)
+    return err.exit_code
+
+
 def branch_off(cfg: TrainConfig, env, log, state: dict):
     """Resuming before the newest checkpoint: the later ones move to an abandoned-branch folder
-    (rank 0, once every rank is ready to train: a run that fails to start moves nothing)."""
+    (rank 0, at the first training step on every rank: a run that fails or is stopped before it,
+    or whose resumed validation pass is cut short, moves nothing)."""
     if env.main:
         position = (state["epoch"], state["batch"])
         folder = branches.start_branch(cfg.checkpoints_dir, cfg.prefix, position)
@@ -150,7 +203,13 @@ def resume_point(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> t
     optional overrides."""
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
     state = checkpoint.load(path)
-    cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir, **overrides)
+    # the run continues under the prefix it is resumed as (its file's name): a copied checkpoint
+    # (MXNet's way to fork an experiment) never writes into the original run's files
+    cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir,
+                   prefix=checkpoint.prefix_of(path), **overrides)
+    if "meta" in state and os.path.isdir(cfg.data):  # the data's class map must be the run's
+        from toolkit.engine.meta import check_class_map
+        check_class_map(state["meta"], cfg.data, path)
     if lr is not None:  # a new LR takes effect from here: constant unless a schedule is given too
         cfg = override(cfg, lr=lr, lr_from_epoch=state["position"],
                        lr_schedule=overrides.get("lr_schedule") or "constant",

@@ -17,6 +17,7 @@ kills this process's children (DataLoader workers) and exits at once with status
 checkpoint. Before `arm()` (before the first training step, when nothing has changed since the
 checkpoint the run started from) the first signal already exits at once.
 """
+import contextlib
 import os
 import signal
 import time
@@ -25,15 +26,23 @@ import torch
 
 from toolkit.data.workers import DUPLICATE, end_workers  # noqa: F401 (DUPLICATE: the workers' too)
 from toolkit.engine import dist
+from toolkit.errors import hard_exit
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
+def say(message: str):
+    """A line to stderr that can never end the stop: a closed terminal (SIGHUP) fails every write to
+    it with EIO, a closed pipe with EPIPE; the log file has the line anyway where it matters."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"\n{message}\n".encode())
+
+
 def exit_now(message: str, status: int = 130):
     """Leave at once from a signal handler: no process left behind, no clean-up that could wait."""
-    os.write(2, f"\n{message}\n".encode())
+    say(message)
     end_workers()
-    os._exit(status)
+    hard_exit(status)  # the run's status file still says how it ended
 
 
 class StopRequest:
@@ -67,8 +76,7 @@ class StopRequest:
         if not self.armed:
             exit_now(f"{name} before the first training step: exiting (nothing trained since the start)")
         self.signum, self.when = signum, now
-        os.write(2, f"\n{name}: stopping at the next step and saving a checkpoint "
-                    "(Ctrl-C again to exit at once)\n".encode())
+        say(f"{name}: stopping at the next step and saving a checkpoint (Ctrl-C again to exit at once)")
 
     @property
     def requested(self) -> bool:

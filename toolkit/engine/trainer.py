@@ -13,6 +13,7 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from toolkit.engine.logs import Meter
 from toolkit.engine.model import ModelHook, prepare_model
 from toolkit.engine.optim import build_optimizer
 from toolkit.engine.passes import make_loaders
-from toolkit.engine.step import build_step
+from toolkit.engine.step import autocast, build_step, forward_loss
 
 
 class Trainer(Bookkeeping):
@@ -49,6 +50,8 @@ class Trainer(Bookkeeping):
         self.transfer.start_epoch(self.model, self.epoch)
         self._wrap()
         self._pending = None
+        self.before_first_step = None  # called once, before the first training step (a resume's branch)
+        self.started, self.resume_line = False, None
         # an epoch checkpoint whose validation pass a stop cut short: validated again first
         self.resumed_from, self.pending_val = resumed_from, None
         if state is not None and resumed_from and self.val_loader is not None:
@@ -61,12 +64,43 @@ class Trainer(Bookkeeping):
         self.ddp = DDP(self.model, device_ids=[self.env.device] if self.env.device.type == "cuda" else None) \
             if self.env.world > 1 else None
         self.net = self.ddp or self.model
+        if self.ddp is not None:
+            self._settle_buckets()
         if self.cfg.compile:
             self.net = torch.compile(self.net)
         self.parts.net, self.parts.ddp = self.net, self.ddp
 
+    def _settle_buckets(self):
+        """One throwaway forward and backward through the new DDP, so that every training step of
+        every launch uses DDP's rebuilt gradient buckets. DDP reduces the first backward in one
+        bucket of all parameters in registration order, then rebuilds its buckets in the order the
+        gradients became ready; the bucket layout decides each element's summation order in the
+        all-reduce (with 3 or more ranks the ring sums chunks starting at different ranks), so a
+        resumed run, whose first step used the first layout where the straight run used the
+        rebuilt one, ended 93 of resnet20's 116 tensors apart on 3 processes. Rebuilding here,
+        deterministically (the ready order is autograd's, which the graph fixes, and DDP takes rank
+        0's), keeps the rebuilt layout's overlap of communication with the backward pass. Not
+        find_unused_parameters=True (no rebuild ever): a graph traversal at every step, and the
+        registration-order buckets start later. The cost: one step of 2 blank images per launch.
+        Nothing of it stays: buffers (BatchNorm's statistics), gradients and RNG are restored."""
+        saved = [b.detach().clone() for b in self.model.buffers()]
+        devices = [self.env.device] if self.env.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # in the modes of a training step (frozen BatchNorm: eval)
+            x = torch.zeros(2, 3, self.cfg.image_size, self.cfg.image_size, device=self.env.device)
+            if self.cfg.channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            y = torch.zeros(2, dtype=torch.long, device=self.env.device)
+            with autocast(self.env, self.cfg.amp):
+                _, loss = forward_loss(self.ddp, x, y, nn.CrossEntropyLoss(), getattr(self.model, "aux_weight", 0.3))
+            loss.backward()
+        for b, value in zip(self.model.buffers(), saved):
+            b.copy_(value)
+        self.model.zero_grad(set_to_none=True)
+
     def fit(self) -> dict:
         result = {}
+        if self.pending_val is not None:
+            self._log_resume()  # before the resumed validation's lines (the log parser reads them so)
         if self.pending_val is not None and self.validate(self.pending_val, self.resumed_from):
             return {"stopped": True, "path": self.resumed_from, "epoch": self.epoch, "batch": 0}
         for epoch in range(self.epoch, self.cfg.epochs):
@@ -110,6 +144,18 @@ class Trainer(Bookkeeping):
                                 "epoch with a lower --lr")
         return bool(stop)
 
+    def _first_step(self):
+        """The run moves from here: the resume's log line and branch, and a stop now writes a
+        checkpoint (armed first, so a signal held during the branch's file moves is a stop after
+        this step, not an exit without one)."""
+        self.started = True
+        if self.stop is not None and hasattr(self.stop, "arm"):
+            self.stop.arm()
+        self._log_resume()
+        hook, self.before_first_step = self.before_first_step, None
+        if hook is not None:
+            hook()
+
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict:
         """On a terminal (rank 0), a progress bar; log lines print above it, the log file has none."""
         show = self.env.main and sys.stderr.isatty()
@@ -131,6 +177,8 @@ class Trainer(Bookkeeping):
         t_fetch, seen = time.perf_counter(), False
         for b, (x, y) in enumerate(self.train_loader, start):
             t_data = time.perf_counter() - t_fetch
+            if not self.started:
+                self._first_step()
             logits, loss, boundary = self.parts(x, y, epoch, b, nb, self.cfg.grad_accum)
             with torch.no_grad():
                 ce = F.cross_entropy(logits, y, reduction="sum")

@@ -2,13 +2,13 @@
 import sys
 import traceback
 
-from toolkit.gpucheck import speed, system, workflow
+from toolkit.gpucheck import agree, speed, system, workflow
 from toolkit.gpucheck.common import CheckFailed, Context, report
 
 FUNCTIONS = {
     "gpu-facts": system.gpu_facts, "torch-device": system.torch_device, "process-group": system.process_group,
     "quickstart": workflow.quickstart, "resume-exact": workflow.resume_exact, "fp16-accum": workflow.fp16_accum,
-    "ten-crop": workflow.ten_crop, "ckpt-on-cpu": workflow.ckpt_on_cpu,
+    "loaders-agree": agree.loaders_agree, "ten-crop": workflow.ten_crop, "ckpt-on-cpu": workflow.ckpt_on_cpu,
     "train-step": speed.train_step, "loader": speed.loader, "train-step-compile": speed.train_step_compile,
 }
 

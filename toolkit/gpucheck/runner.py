@@ -32,6 +32,8 @@ CHECKS = [
           needs_gpu=True),
     Check("quickstart", 180, "tools/quickstart.sh on the GPU: torchrun, automatic loader (DALI mixed decode), "
           "Ctrl-C, resume, evaluate", needs_gpu=True),
+    Check("loaders-agree", 90, "the DALI loader's evaluation tensors (mixed decode; DALI's CPU pipeline with --cpu) "
+          "vs the torch loader's on the same records, within a stated tolerance", needs_gpu=True),
     Check("resume-exact", 180, "stop and resume vs a straight run: final weights equal (else the difference, "
           "the non-deterministic kernels and whether --deterministic makes it exact)", needs_gpu=True),
     Check("fp16-accum", 90, "training with --amp fp16 (loss scaler) and --grad-accum 2", needs_gpu=True),

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import time
 
+from toolkit.gpucheck.agree import accuracy_floor
 from toolkit.gpucheck.common import CheckFailed, Context, json_last_line, python, run, toy_data, torchrun
 
 DETERMINISTIC = "--deterministic (cudnn.deterministic, torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG)"
@@ -49,7 +50,7 @@ def quickstart(ctx: Context) -> dict:
         raise CheckFailed(f"the run trained on {figures['device']}, not the GPU", **figures)
     if not stop or "Resumed training from" not in log:
         raise CheckFailed("the log shows no Ctrl-C stop and resume", **figures)
-    return figures
+    return accuracy_floor(figures, float(s["qs_min_rank1"]))
 
 
 # --- stop and resume vs a straight run --------------------------------------------------------------

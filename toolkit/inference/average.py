@@ -17,7 +17,7 @@ from toolkit.data import build_loader
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.config import from_dict, override
 from toolkit.errors import UserError
-from toolkit.engine.meta import meta_of
+from toolkit.engine.meta import meta_of, trained_config
 from toolkit.engine.model import build_eval_model
 
 
@@ -59,9 +59,10 @@ def has_batchnorm(model) -> bool:
 
 def recompute_bn(model, cfg, env, max_batches=None, batch_size=None, workers=None) -> int:
     """BatchNorm running statistics of `model` from a pass over the training split (with the training
-    augmentation, as the statistics were gathered in training); returns the images seen."""
+    augmentation and the run's normalisation, as the statistics were gathered in training; `cfg`
+from meta.trained_config); returns the images seen."""
     loader = build_loader(cfg.data, cfg.train_split, train=True, batch_size=batch_size or cfg.batch_size,
-                          image_size=cfg.image_size, rank=0, world_size=1, seed=cfg.seed,
+                          image_size=cfg.image_size, mean=cfg.mean, std=cfg.std, rank=0, world_size=1, seed=cfg.seed,
                           backend="torch" if env.device.type == "cpu" else cfg.loader, device=env.device,
                           workers=cfg.workers if workers is None else workers, min_scale=cfg.min_crop_scale,
                           channels_last=cfg.channels_last)
@@ -107,7 +108,8 @@ def run_average(checkpoints_dir="checkpoints", prefix=None, last=5, out_prefix=N
         raise UserError(f"{out} exists; remove it or choose another --out-prefix")
     states = [checkpoint.load(p) for p in paths]
     _same_network(states, paths)
-    cfg = override(from_dict(states[-1]["config"]), data=data)
+    meta = meta_of(states[-1], paths[-1], data)
+    cfg = trained_config(override(from_dict(states[-1]["config"]), data=data), meta)  # the run's normalisation
     if not os.path.isdir(cfg.data):
         raise UserError(f"{cfg.data}: the run's dataset folder is not here (the BatchNorm statistics are "
                         "recomputed on its training split); pass --data DIR")

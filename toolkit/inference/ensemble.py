@@ -6,7 +6,6 @@ resize, ten-crop composing), keeping this rank's softmax per image on the way, t
 mean softmax through the same trainer.evaluate, so the ensemble's rank-1/rank-5, per-class table
 and confusion are exact across ranks as evaluate's are.
 """
-import json
 import os
 import re
 import sys
@@ -16,34 +15,49 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from toolkit.data import dataset_info
+from toolkit.cli import emit_json
 from toolkit.engine import dist, preflight
 from toolkit.engine.config import override
 from toolkit.engine.evaluation import per_class_table, write_csv
 from toolkit.engine.passes import evaluate, make_eval_loader
 from toolkit.engine.run import raise_stalled
 from toolkit.errors import UserError
-from toolkit.inference.meta import check_same_classes, load_member, resolve
+from toolkit.engine.meta import check_class_map
+from toolkit.engine.model import load_member
+from toolkit.inference.meta import check_same_classes, resolve
 
 _MEMBER = re.compile(r"^[^-].*(:\d+|\.pt)$")
 
 
-def expand_members(argv: List[str], flag: str = "--ensemble") -> List[str]:
+def expand_members(argv: List[str], flag: str = "--ensemble", positional: bool = True) -> List[str]:
     """`--ensemble A:1 B:2 c.pt` -> `--ensemble A:1 --ensemble B:2 --ensemble c.pt`: a click option
-    takes one value, so the arguments after the flag that look like members (PREFIX:EPOCH or a .pt
-    path) are given it one by one. The first argument after the flag is always a member."""
+    takes one value, so the arguments after the flag that are members are given it one by one. The
+    first argument after the flag is always a member; then, for a tool without arguments of its own
+    (`positional=False`, tools/evaluate.py) every argument up to the next option, else those that
+    look like members (PREFIX:EPOCH, a .pt path) or name a run of the checkpoints folder (PREFIX: its
+    newest checkpoint; `--ensemble A:10 A`)."""
+    runs = _run_names(argv) if positional else set()
     out, i = [], 0
     while i < len(argv):
         out.append(argv[i])
         if argv[i] == flag and i + 1 < len(argv):
             out.append(argv[i + 1])
             i += 2
-            while i < len(argv) and _MEMBER.match(argv[i]):
+            while i < len(argv) and not argv[i].startswith("-") and \
+                    (not positional or _MEMBER.match(argv[i]) or argv[i] in runs):
                 out += [flag, argv[i]]
                 i += 1
             continue
         i += 1
     return out
+
+
+def _run_names(argv: List[str]) -> set:
+    """The run prefixes of --checkpoints-dir (as given in argv, else checkpoints/), that are not files."""
+    from toolkit.engine.checkpoint import list_checkpoints
+    folder = next((argv[k + 1] for k in range(len(argv) - 1) if argv[k] == "--checkpoints-dir"), "checkpoints")
+    names = set(list_checkpoints(folder)) if os.path.isdir(folder) else set()
+    return {n for n in names if not os.path.exists(n)}
 
 
 def load_members(specs, checkpoints_dir: str, data=None):
@@ -126,12 +140,12 @@ def _stem(members, split, ten_crop) -> str:
     return f"ensemble-{names[:120]}-{split}" + ("-10crop" if ten_crop else "")
 
 
-def report(members, results, ens, info, data, split, ten_crop, out_dir, env) -> dict:
+def report(members, results, ens, data, split, ten_crop, out_dir, env) -> dict:
     stem = _stem(members, split, ten_crop)
     per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
     confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
     confusion = ens["confusion"].numpy()
-    table = per_class_table(confusion, members[0].meta["class_names"] or info.class_names)
+    table = per_class_table(confusion, members[0].meta["class_names"])
     write_csv(table, per_class_csv)
     labels = list(table["name"])
     write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
@@ -153,7 +167,7 @@ def report(members, results, ens, info, data, split, ten_crop, out_dir, env) -> 
 
 def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, split="val", ten_crop=False,
                             batch_size=None, loader="auto", workers=2, out_dir=None, as_json=False,
-                            timeout=300.0) -> int:
+                            timeout=300.0, json_file=None) -> int:
     if len(specs) < 2:
         raise UserError("--ensemble needs two or more models (PREFIX:EPOCH or .pt paths)")
     env = dist.setup(timeout)
@@ -162,13 +176,13 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         for m in members:
             m.cfg = override(m.cfg, timeout=timeout)
         data = data or members[0].cfg.data
-        info = dataset_info(data)
         num_classes = members[0].meta["num_classes"]
-        if info.num_classes and info.num_classes != num_classes:
-            raise UserError(f"{data}: {info.num_classes} classes, but the models were trained for "
-                            f"{num_classes}; pass the --data they were trained on")
+        preflight.on_main(env, lambda: check_class_map(members[0].meta, data, members[0].path))
+        preflight.check_eval_labels(data, split, num_classes, members[0].path, env)
         out_dir = out_dir or members[0].cfg.logs_dir
         preflight.on_main(env, lambda: preflight.writable_dir(out_dir, "--out-dir"))  # before the passes
+        if json_file:
+            preflight.on_main(env, lambda: preflight.writable_file(json_file, "--json-file"))
         results, probs, labels = [], [], None
         for m in members:
             result, p, y = evaluate_member(m, env, data, split, batch_size, loader, workers, ten_crop)
@@ -181,9 +195,8 @@ def run_ensemble_evaluation(specs, checkpoints_dir="checkpoints", data=None, spl
         ens = evaluate(nn.Identity(), _Replay(ensemble_log_probs(probs), labels), env, num_classes)
         if not env.main:
             return 0
-        summary = report(members, results, ens, info, data, split, ten_crop, out_dir, env)
-        if as_json:
-            print(json.dumps(summary))
+        summary = report(members, results, ens, data, split, ten_crop, out_dir, env)
+        emit_json(summary, as_json, json_file)
         sys.stdout.flush()
         return 0
     except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line

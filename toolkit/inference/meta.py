@@ -1,35 +1,11 @@
-"""A checkpoint ready to run: its eval-mode network (toolkit/engine/model.py) and its meta
-(toolkit/engine/meta.py), and the names that pick checkpoints.
-
-    load_member(path)              # (model in eval mode, meta, config) of one checkpoint
+"""The names that pick checkpoints for the inference tools (PREFIX:EPOCH, PREFIX, a .pt path) and
+an ensemble's check of its members. A checkpoint ready to run is toolkit/engine/model.py's
+load_member; its meta is toolkit/engine/meta.py's.
 """
-import dataclasses
 import os
-from typing import Optional
-
-import torch
 
 from toolkit.engine import checkpoint
-from toolkit.engine.config import from_dict
-from toolkit.engine.meta import meta_of
-from toolkit.engine.model import build_eval_model
 from toolkit.errors import UserError
-
-@dataclasses.dataclass
-class Member:
-    """One checkpoint ready to run: eval-mode model, its meta and configuration."""
-    path: str
-    model: torch.nn.Module
-    meta: dict
-    cfg: object
-
-
-def load_member(path: str, data: Optional[str] = None) -> Member:
-    state = checkpoint.load(path)
-    if "model" not in state or "config" not in state:
-        raise UserError(f"{path}: not a cnn-toolkit checkpoint (no model or config in it)")
-    cfg = from_dict(state["config"])
-    return Member(path, build_eval_model(cfg, state), meta_of(state, path, data), cfg)
 
 
 def resolve(spec: str, checkpoints_dir: str = "checkpoints") -> str:

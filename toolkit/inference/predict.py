@@ -27,22 +27,13 @@ from toolkit.data.discovery import open_split
 from toolkit.data.torch_backend import normalize
 from toolkit.data.transforms import build_transform
 from toolkit.engine import checkpoint, dist
-from toolkit.engine.preflight import writable_file
+from toolkit.engine.preflight import not_an_input, writable_file
 from toolkit.engine.evaluation import write_csv
 from toolkit.engine.step import autocast
 from toolkit.errors import UserError
-from toolkit.lists import DEFAULT_EXTS, read_list
+from toolkit.lists import IMAGE_EXTS, image_files, read_list
 
-IMAGE_EXTS = tuple(DEFAULT_EXTS) + (".webp", ".gif", ".bmp", ".tif", ".tiff")
 _GLOB = set("*?[")
-
-
-def _walk(folder: str) -> List[str]:
-    found = []
-    for path, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        found += [os.path.join(path, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTS)]
-    return found
 
 
 def gather_files(inputs, root: Optional[str] = None) -> List[str]:
@@ -56,11 +47,11 @@ def gather_files(inputs, root: Optional[str] = None) -> List[str]:
             missing = [p for p in listed if not os.path.isfile(p)]
             if missing:  # a wrong root, not a few bad files: one line before any work
                 raise UserError(f"{arg}: {len(missing)} of {len(listed)} listed images are not under "
-                                f"{base or '.'}/ (first: {missing[0]}); pass --root DIR, the folder its paths "
+                                f"{base or '.'}/ (first: {missing[0]}); pass --image-root DIR, the folder its paths "
                                 "are relative to (for tools/make_toy.py's lists: DATA/images)")
             files += listed
         elif os.path.isdir(arg):
-            found = _walk(arg)
+            found = image_files(arg)
             if not found:
                 raise UserError(f"{arg}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
             files += found
@@ -86,10 +77,7 @@ class Sources:
         return len(self.records) if self.records is not None else len(self.files)
 
     def name(self, i: int) -> str:
-        if self.records is None:
-            return self.files[i]
-        reader = self.records.readers[self.records.shard[i]]
-        return f"{reader.path}#{reader.keys[self.records.local[i]]}"
+        return self.files[i] if self.records is None else self.records.name(i)
 
     def read(self, i: int) -> bytes:
         if self.records is None:
@@ -215,7 +203,12 @@ def table_lines(rows) -> List[str]:
     return out
 
 
-def write_outputs(rows, top_k: int, csv_path=None, json_path=None):
+def json_rows(rows) -> list:
+    return [{"path": r["path"], "error": r["error"]} if "error" in r else
+            {"path": r["path"], "top": [{"class": c, "prob": p} for c, p in r["top"]]} for r in rows]
+
+
+def write_outputs(rows, top_k: int, csv_path=None, json_file=None):
     if csv_path:
         k = top_k  # the caller's top-k, at most the class count: the same columns when nothing decodes
         records = []
@@ -227,15 +220,13 @@ def write_outputs(rows, top_k: int, csv_path=None, json_path=None):
             rec["error"] = r.get("error", "")
             records.append(rec)
         write_csv(pd.DataFrame(records), csv_path)
-    if json_path:
-        os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
-        with atomic_open(json_path, "w") as f:
-            json.dump([{"path": r["path"], "error": r["error"]} if "error" in r else
-                       {"path": r["path"], "top": [{"class": c, "prob": p} for c, p in r["top"]]}
-                       for r in rows], f, indent=1)
+    if json_file:
+        os.makedirs(os.path.dirname(json_file) or ".", exist_ok=True)
+        with atomic_open(json_file, "w") as f:
+            json.dump(json_rows(rows), f, indent=1)
 
 
-def run_predict(members, sources: Sources, env, top_k=5, csv_path=None, json_path=None, batch_size=64,
+def run_predict(members, sources: Sources, env, top_k=5, csv_path=None, json_file=None, as_json=False, batch_size=64,
                 workers=2, ten_crop=False, amp="auto", channels_last=None, quiet=False, timeout=300.0) -> int:
     cuda = env.device.type == "cuda"
     amp = ("bf16" if cuda else "off") if amp == "auto" else amp
@@ -255,11 +246,14 @@ def run_predict(members, sources: Sources, env, top_k=5, csv_path=None, json_pat
     if not quiet:
         with contextlib.suppress(BrokenPipeError):
             print("\n".join(table_lines(rows)), flush=True)
-    write_outputs(rows, min(top_k, members[0].meta["num_classes"]), csv_path, json_path)
+    write_outputs(rows, min(top_k, members[0].meta["num_classes"]), csv_path, json_file)
     bad = sum("error" in r for r in rows)
     print(f"{len(rows)} images ({bad} not decodable) in {seconds:.2f} s, {len(rows) / max(seconds, 1e-9):.1f} "
           f"images/s, world size {env.world}" + (f"; CSV {csv_path}" if csv_path else "")
-          + (f"; JSON {json_path}" if json_path else ""), file=sys.stderr)
+          + (f"; JSON {json_file}" if json_file else ""), file=sys.stderr)
+    if as_json:  # the last line of stdout, as tools/evaluate.py's --json
+        with contextlib.suppress(BrokenPipeError):
+            print(json.dumps(json_rows(rows)), flush=True)
     return 0 if bad < len(rows) or not rows else 1
 
 
@@ -267,10 +261,12 @@ def run(inputs, prefix=None, epoch=None, checkpoint_path=None, ensemble=(), chec
         data=None, split=None, root=None, **options) -> int:
     """tools/predict.py: check the inputs and models up front, then predict (see run_predict)."""
     from toolkit.inference.ensemble import load_members
+    from toolkit.engine.meta import check_class_map
     from toolkit.inference.meta import resolve
-    for path, flag in ((options.get("csv_path"), "--csv"), (options.get("json_path"), "--json")):
-        if path:
-            writable_file(path, flag)
+    outputs = [(p, flag) for p, flag in ((options.get("csv_path"), "--csv"), (options.get("json_file"), "--json-file"))
+               if p]
+    for path, flag in outputs:
+        writable_file(path, flag)
     if split and inputs:
         raise UserError(f"--split {split} predicts on the records of a split; leave out the image arguments")
     if not split and not inputs:
@@ -284,8 +280,17 @@ def run(inputs, prefix=None, epoch=None, checkpoint_path=None, ensemble=(), chec
     else:
         specs = [resolve(prefix if epoch is None else f"{prefix}:{epoch}", checkpoints_dir) if prefix else
                  checkpoint.find(checkpoints_dir, None, epoch)]
+    if options.get("as_json"):  # the old `--json PATH` (a path then, a switch now and in every tool)
+        odd = next((a for a in inputs if not os.path.exists(a) and not _GLOB & set(a)), None)
+        if odd:
+            raise UserError(f"{odd}: no such image, folder or list; --json is a switch (the JSON as the last "
+                            f"line of the output): to write the JSON to a file, --json-file {odd}")
     files = None if split else gather_files(inputs, root)
+    for path, flag in outputs:  # never written over one of the images it reads
+        not_an_input(path, flag, files or [])
     members = load_members(specs, checkpoints_dir, data)
+    if split:  # the records' labels are numbers of the dataset's class map: it must be the model's
+        check_class_map(members[0].meta, data or members[0].cfg.data, members[0].path)
     sources = Sources(files, data or members[0].cfg.data, split)
     env = dist.setup(options.get("timeout", 300.0))
     try:

@@ -14,17 +14,18 @@ it). Spatial outputs are average-pooled over height and width unless --pool none
 import contextlib
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from toolkit.atomic import atomic_open, atomic_path
-from toolkit.data import open_split
+from toolkit.data import dataset_info, open_split
 from toolkit.engine import checkpoint, dist
 from toolkit.errors import UserError
-from toolkit.transfer.freeze import head_keys, head_module, layer_names
+from toolkit.summary import format_layers, layer_rows
+from toolkit.transfer.freeze import head_keys, head_module
 from toolkit.transfer.hook import Transfer
 from toolkit.transfer.weights import Source, read_source
 
@@ -35,26 +36,9 @@ class _Reached(Exception):
     """Raised by the hook: the wanted layer has run, the rest of the forward pass need not."""
 
 
-def layer_table(model: nn.Module, image_size: int, default: str) -> List[str]:
-    """'name  Type  output shape' for every module, on one image; the default layer marked."""
-    rows, hooks = {}, []
-
-    def keep(name, out):  # returns None: a hook's return value would replace the output
-        rows.setdefault(name, tuple((out[0] if isinstance(out, tuple) else out).shape))
-    for name, mod in model.named_modules():
-        if name:
-            hooks.append(mod.register_forward_hook(lambda m, a, out, name=name: keep(name, out)))
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    mods = dict(model.named_modules())
-    return [f"{name:40s} {type(mods[name]).__name__:18s} {str(rows.get(name, '-')):>20s}"
-            + ("   <- its input is the default --layer" if name == default else "")
-            for name in layer_names(model)]
+def layer_table(model: nn.Module, image_size: int, default: str) -> str:
+    """The --list-layers table (toolkit/summary.py, as tools/visualize.py's); the default layer marked."""
+    return format_layers(layer_rows(model, image_size), {default: "its input is the default --layer"})
 
 
 class LayerOutput:
@@ -196,7 +180,7 @@ def run_extraction(out: str, layer: Optional[str], split: str, pool: str, batch_
         head = head_keys(cfg.recipe, cfg.model_kwargs(), model)
         if list_layers:
             if env.main:
-                print("\n".join(layer_table(model, cfg.image_size, head_module(model, head))))
+                print(layer_table(model, cfg.image_size, head_module(model, head)))
             return 0
         if not out:
             raise UserError("--out PATH is needed: features go to PATH.npy, labels and ids beside it")
@@ -216,7 +200,8 @@ def run_extraction(out: str, layer: Optional[str], split: str, pool: str, batch_
             what = f"the input of {chosen}" if before else chosen
             meta = {"source": cfg.init_from, "recipe": cfg.recipe, "layer": what, "pool": pool,
                     "data": cfg.data, "split": split, "images": len(ids), "features": width,
-                    "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std)}
+                    "image_size": cfg.image_size, "mean": list(cfg.mean), "std": list(cfg.std),
+                    "class_names": dataset_info(cfg.data).class_names}  # the labels' names (classes.tsv)
             join_parts(out, env.world, len(ids), width, ids, meta)
             print(f"features of {what} over {cfg.data} split {split}: {out}.npy ({len(ids)} x {width} float32, "
                   f"world size {env.world}); labels {out}.labels.npy, image ids {out}.ids.npy, {out}.json")

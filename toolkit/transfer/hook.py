@@ -35,14 +35,24 @@ class Transfer(ModelHook):
         self.freezer: Optional[Freezer] = None
 
     def resolve(self, cfg):
+        cfg = self._normalisation(cfg)
+        self.check_head_classes(cfg)
+        return cfg
+
+    def _normalisation(self, cfg):
         """cfg with mean/std made explicit where --init-from or --mean/--std set them: the flags
         first ("dataset": the dataset's), then the source's (ImageNet's for torchvision's weights)."""
         from toolkit.data import dataset_info
         from toolkit.engine.config import override
-        if not self.fresh or (cfg.mean is None and cfg.std is None and self.source is None):
-            return cfg  # a resume keeps its run's; without these flags, the dataset's
+        if not self.fresh:
+            return cfg  # a resume keeps its run's (a run older than this rule: the dataset's)
         data = dataset_info(cfg.data)
-        base = source_mean_std(self.source) if self.source is not None else \
+        if cfg.mean is None and cfg.std is None and self.source is None:
+            # the dataset's, written into the run's config from its start: a resume keeps them
+            # whatever becomes of the dataset's mean/std file (one truth: the checkpoint)
+            return override(cfg, mean=tuple(data.mean), std=tuple(data.std))
+        from_source = self.source is not None and (cfg.mean is None or cfg.std is None)
+        base = source_mean_std(self.source) if from_source else \
             (data.mean, data.std, f"the dataset's ({cfg.data})")
         picked = []
         for given, default, ours in ((cfg.mean, base[0], data.mean), (cfg.std, base[1], data.std)):
@@ -55,6 +65,16 @@ class Transfer(ModelHook):
         self.lines.append(f"normalisation: mean {_fmt(mean)} std {_fmt(std)}: {origin} "
                           f"(the dataset's: mean {_fmt(data.mean)} std {_fmt(data.std)})")
         return override(cfg, mean=mean, std=std)
+
+    def check_head_classes(self, cfg):
+        """Training: a source checkpoint's head kept (same class count, no --new-head) must mean the same
+        classes on this dataset: its class map against the source's names, one line if they differ."""
+        meta = getattr(self.source, "meta", None)
+        if meta and not cfg.new_head and cfg.num_classes == meta["num_classes"]:
+            from toolkit.engine.meta import check_class_map
+            check_class_map(meta, cfg.data, f"--init-from {self.source.text}",
+                            "pass --new-head (a new classifier for this dataset's classes), or make the "
+                            "lists with the source's classes.tsv in the dataset folder")
 
     def attach(self, model: nn.Module, cfg):
         """Load --init-from into `model` and set up the freezing; call before building the optimizer."""

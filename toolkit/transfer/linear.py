@@ -46,6 +46,7 @@ def choose_c(x, y, grid: Sequence[float], holdout: float, seed: int) -> Dict[flo
 
 def fit_and_score(train: str, val: str, grid=GRID, holdout: float = 0.2, seed: int = 0) -> dict:
     from toolkit.engine.evaluation import per_class_table
+    from toolkit.engine.meta import class_names
     xt, yt = load_features(train)
     xv, yv = load_features(val)
     if xt.shape[1] != xv.shape[1]:
@@ -65,14 +66,33 @@ def fit_and_score(train: str, val: str, grid=GRID, holdout: float = 0.2, seed: i
     n = int(max(yt.max(), yv.max())) + 1
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (yv, order[:, 0]), 1)
-    table = per_class_table(confusion)
-    return {"rank1": rank1, "rank5": rank5, "C": best, "holdout_accuracy": scores,
+    table = per_class_table(confusion, class_names(feature_class_names(train), n))
+    return {"rank1": rank1, "rank5": rank5, "C": best, "holdout_accuracy": scores, "grid_edge": _edge(best, grid),
             "macro_precision": float(table.precision.mean()), "macro_recall": float(table.recall.mean()),
             "macro_f1": float(table.f1.mean()), "train_images": len(yt), "val_images": len(yv),
             "features": int(xt.shape[1]), "table": table}
 
 
-def report(result: dict, as_json: bool) -> str:
+def feature_class_names(stem: str):
+    """The class names tools/extract_features.py wrote into OUT.json (the dataset's classes.tsv), or None."""
+    stem = stem[:-4] if stem.endswith(".npy") else stem
+    try:
+        with open(stem + ".json") as f:
+            return json.load(f).get("class_names")
+    except (OSError, ValueError):
+        return None
+
+
+def _edge(best: float, grid) -> str:
+    """A note when the chosen C is the grid's smallest or largest: the best may lie beyond it."""
+    if len(grid) < 2 or min(grid) < best < max(grid):
+        return ""
+    side, factor = ("smallest", 0.1) if best == min(grid) else ("largest", 10)
+    return (f"C={best:g} is the grid's {side} value: the best C may lie beyond it; try --c-grid "
+            f"{','.join(f'{c:g}' for c in sorted(set(grid) | {best * factor}))}")
+
+
+def report(result: dict) -> str:
     grid = ", ".join(f"C={c:g}: {a:.4f}" for c, a in result["holdout_accuracy"].items())
     lines = [f"held-out accuracy per C ({grid}); chosen C={result['C']:g}, refit on all "
              f"{result['train_images']} training images ({result['features']} features)",
@@ -80,6 +100,11 @@ def report(result: dict, as_json: bool) -> str:
              f"{result['rank5']:.4f}, macro precision {result['macro_precision']:.4f}, recall "
              f"{result['macro_recall']:.4f}, F1 {result['macro_f1']:.4f}",
              result["table"].to_string(index=False, float_format=lambda v: f"{v:.4f}")]
-    if as_json:
-        lines.append(json.dumps({k: v for k, v in result.items() if k not in ("table", "holdout_accuracy")}))
+    if result.get("grid_edge"):
+        lines.insert(1, "note: " + result["grid_edge"])
     return "\n".join(lines)
+
+
+def summary(result: dict) -> dict:
+    """The --json / --json-file summary (as tools/evaluate.py's: rank1, rank5, ...)."""
+    return {k: v for k, v in result.items() if k not in ("table", "holdout_accuracy")}

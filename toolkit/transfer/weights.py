@@ -31,6 +31,7 @@ class Source:
     kind: str                      # "checkpoint" | "torchvision" | "state_dict"
     state: Dict[str, torch.Tensor]
     config: Optional[dict] = None  # our checkpoint's configuration
+    meta: Optional[dict] = None    # our checkpoint's meta (its normalisation, input size, class names)
 
 
 def torchvision_weights(name: str):
@@ -91,7 +92,7 @@ def read_source(text: str, download: bool = True) -> Source:
         raise UserError(f"--init-from {text}: not a readable checkpoint or state_dict "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
-        return Source(text, "checkpoint", strip_prefixes(obj["model"]), obj["config"])
+        return Source(text, "checkpoint", strip_prefixes(obj["model"]), obj["config"], obj.get("meta"))
     for key in ("state_dict", "model"):  # other trainers' checkpoints: the weights under one key
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -179,6 +180,8 @@ def source_mean_std(source: Source) -> Tuple[Tuple, Tuple, str]:
     cfg = source.config
     if cfg is None:
         return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's, as torchvision's weights expect"
+    if source.meta:  # the checkpoint's own record (toolkit/inference/meta.py), wherever its data went
+        return tuple(source.meta["mean"]), tuple(source.meta["std"]), f"the source's ({source.text})"
     if cfg.get("mean") and cfg.get("std"):
         return tuple(cfg["mean"]), tuple(cfg["std"]), f"the source's ({source.text})"
     data = cfg.get("data", "")
@@ -186,5 +189,6 @@ def source_mean_std(source: Source) -> Tuple[Tuple, Tuple, str]:
         from toolkit.data import dataset_info
         info = dataset_info(data)
         return info.mean, info.std, f"the source's training set ({data})"
-    return IMAGENET_MEAN, IMAGENET_STD, (f"ImageNet's: the source's training set {data} is not here "
-                                         "to read its mean/std from (give --mean/--std)")
+    raise UserError(f"--init-from {source.text}: an older checkpoint without its normalisation, and its "
+                    f"training set {data} is not here to read it from; give --mean R,G,B --std R,G,B "
+                    "(0-255) as it was trained with")

@@ -3,6 +3,7 @@ its layout: CELL_W x CELL_H pixels a cell), heatmaps over images, written atomic
 CSV beside where there are numbers."""
 import math
 import os
+from typing import Optional
 
 import matplotlib
 
@@ -52,12 +53,13 @@ def show(ax, image: torch.Tensor, title: str = "", color: str = "black"):
         ax.set_title(title, fontsize=7, color=color)
 
 
-def show_heat(ax, image: torch.Tensor, heat: torch.Tensor, title: str = "", alpha: float = 0.5):
+def show_heat(ax, image: torch.Tensor, heat: torch.Tensor, title: str = "", alpha: float = 0.5,
+              vmax: Optional[float] = None):
     """The image with a heatmap over its pixels (heat: H x W, the image's size, any scale; shown
-    from 0 to its maximum)."""
+    from 0 to `vmax`, default its own maximum)."""
     show(ax, image, title)
     h = heat.detach().float().cpu().numpy()
-    ax.imshow(h, cmap=HEAT_CMAP, alpha=alpha, vmin=0, vmax=max(float(h.max()), 1e-12),
+    ax.imshow(h, cmap=HEAT_CMAP, alpha=alpha, vmin=0, vmax=max(float(h.max()) if vmax is None else vmax, 1e-12),
               interpolation="bilinear")
 
 

@@ -36,14 +36,20 @@ def _record_outputs(model: nn.Module, x: torch.Tensor):
     return done, out
 
 
+MIN_SIDE = 7  # the last block's map at 224 px (ResNet, VGG, GoogLeNet); at 64 px it is 2x2, which
+# says next to nothing about where: the default layer is the last one whose map is at least this big
+
+
 def default_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """The last convolutional block: the last module to finish with a spatial (H x W > 1) output;
-    of modules returning that same tensor (a block and the stage holding it), the outermost."""
+    """The last convolutional block whose map is at least MIN_SIDE x MIN_SIDE (else the last with the
+    largest map): the last module to finish with such a spatial output; of modules returning that
+    same tensor (a block and the stage holding it), the outermost."""
     done, _ = _record_outputs(model, x[:1])
     spatial = [(n, o) for n, _, o in done if torch.is_tensor(o) and o.dim() == 4 and o.shape[-1] * o.shape[-2] > 1]
     if not spatial:
         raise UserError("no layer with a spatial output in this model; give one with --layer")
-    last = spatial[-1][1]
+    side = min(MIN_SIDE, max(min(o.shape[-2:]) for _, o in spatial))
+    last = [o for _, o in spatial if min(o.shape[-2:]) >= side][-1]
     return min((n for n, o in spatial if o is last), key=lambda n: n.count("."))
 
 
@@ -79,6 +85,7 @@ def cam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor):
 class HeatResult:
     heat: torch.Tensor      # N x S x S, >= 0, on the CPU
     method: str             # "CAM", "Grad-CAM" or "occlusion"
+    map_size: str = ""      # the layer's map, H x W (CAM, Grad-CAM)
 
 
 def class_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: torch.Tensor,
@@ -100,7 +107,7 @@ def class_maps(model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: tor
             m = _cam(model, layer, xb, tb, how)
         maps.append(F.interpolate(m.detach().float(), size=size, mode="bilinear", align_corners=False)
                     .clamp_(min=0)[:, 0].cpu())
-    return HeatResult(torch.cat(maps), "Grad-CAM" if how is None else "CAM")
+    return HeatResult(torch.cat(maps), "Grad-CAM" if how is None else "CAM", "x".join(map(str, m.shape[-2:])))
 
 
 def _check_feature_map(model, layer, x, name):
@@ -239,9 +246,13 @@ def _table(run, samples, probs, targets, result, layer_name, masks):
 def _figure(run, samples, views, result, table, opts, layer_name, masks):
     samples = samples[:opts.show]
     rows, cols = figures.layout(len(samples), opts.cols)
-    what = f"{result.method} at {layer_name}" if layer_name else \
+    what = f"{result.method} at {layer_name} ({result.map_size} map)" if layer_name else \
         f"occlusion, {opts.patch or max(1, run.image_size // 8)} px patches"
-    target = "predicted class" if opts.target is None else f"class {run.class_name(opts.target)}"
+    # --class C: every map on one scale (the largest map's maximum), so a class an image barely shows
+    # does not look as hot as one it shows; the predicted class's maps: each to its own maximum
+    target = "predicted class, each map to its own maximum" if opts.target is None else \
+        f"class {run.class_name(opts.target)} (its probability), all maps on one scale"
+    vmax = float(result.heat.max()) if opts.target is not None and len(result.heat) else None
     boxes = "; white: the shape's box" if masks is not None else ""
     fig, axes = figures.grid(2 * rows, cols, f"{run.stem}: {what}, for the {target} (red: a mistake){boxes}")
     for k, (s, row) in enumerate(zip(samples, table.itertuples())):
@@ -249,8 +260,9 @@ def _figure(run, samples, views, result, table, opts, layer_name, masks):
         figures.show(axes[2 * r, c], views[k], f"{figures.short(s.name)}\ntrue {row.true}")
         inside = f" in box {row.heat_in_box:.2f}" if "heat_in_box" in table else ""
         color = "black" if s.label is None or row.true == row.predicted else "red"
+        explained = f"{row.target} {row.target_probability:.2f}" if opts.target is not None else row.target
         figures.show_heat(axes[2 * r + 1, c], views[k], result.heat[k],
-                          f"{row.predicted} {row.probability:.2f}\n{row.target}{inside}")
+                          f"{row.predicted} {row.probability:.2f}\n{explained}{inside}", vmax=vmax)
         axes[2 * r + 1, c].title.set_color(color)
         if masks is not None:
             figures.outline(axes[2 * r + 1, c], masks[k])

@@ -1,7 +1,8 @@
 """The images to look at: files, folders (recursive; a folder named like a class labels its images),
 .lst lists, or records of a split, read when used (a whole split is never held in memory) and put
 through the run's eval transform (the eval loader's own), so the network sees them exactly as in
-evaluation; an image that does not decode is a one-line error, raised before the model runs.
+evaluation; an image file that does not decode is left out with a line on stderr (as
+tools/predict.py does), before the model runs.
 
 The toy set's boxes (toolkit/toy.py, `IMAGES.boxes.tsv` beside the image folder) are attached where
 known: for records through the split's .lst beside the records (record id -> path), for files by
@@ -9,8 +10,8 @@ their path relative to the image folder of the boxes file.
 """
 import csv
 import dataclasses
-import glob
 import os
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,14 +24,14 @@ from toolkit.data.discovery import RecordSet, split_files
 from toolkit.data.decode import decode
 from toolkit.data.transforms import eval_resize_for
 from toolkit.errors import UserError
-from toolkit.lists import DEFAULT_EXTS, read_list
+from toolkit.lists import IMAGE_EXTS, image_files, read_list
 from toolkit.toy import boxes_path
 
 
 @dataclasses.dataclass
 class Sample:
     """One image; its bytes are read when used (a whole split's images are never held at once)."""
-    name: str                       # a path, or SPLIT#INDEX for a record
+    name: str                       # a path, or FILE.rec#KEY for a record (as tools/predict.py names it)
     label: Optional[int] = None     # None: unknown
     box: Optional[Tuple[int, ...]] = None   # toy: x0, y0, x1, y1, width, height
     record: Optional[int] = None    # index in the split, for records
@@ -108,10 +109,9 @@ def _from_paths(inputs: Sequence[str], class_names, image_root) -> List[Sample]:
         if p.endswith(".lst"):
             out += _from_list(p, image_root)
         elif os.path.isdir(p):
-            files = sorted(f for f in glob.glob(os.path.join(p, "**", "*"), recursive=True)
-                           if os.path.splitext(f)[1].lower() in DEFAULT_EXTS and os.path.isfile(f))
+            files = image_files(p)  # as tools/predict.py reads a folder
             if not files:
-                raise UserError(f"{p}: no images ({', '.join(DEFAULT_EXTS)}) in this folder")
+                raise UserError(f"{p}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
             boxes = _boxes_near(p)
             out += [Sample(f, _label_of_folder(f, class_names), _box(boxes, f)) for f in files]
         elif os.path.isfile(p):
@@ -146,7 +146,7 @@ def _from_split(data: str, split: str, count: Optional[int]) -> List[Sample]:
     for i in spread(len(records), count):
         header, _ = recordio.unpack(records.read(int(i)))
         label = header.label if header.flag == 0 else header.label[0]
-        out.append(Sample(f"{split}#{i}", int(label), boxes.get(header.id), int(i), records))
+        out.append(Sample(records.name(int(i)), int(label), boxes.get(header.id), int(i), records))
     return out
 
 
@@ -155,12 +155,25 @@ def gather(inputs: Sequence[str], data: str, split: str, count: Optional[int], c
     """The samples named by `inputs` (files, folders, .lst), else `count` records of `split`; read."""
     if inputs:
         samples = _from_paths(inputs, class_names, image_root)
-        samples = [samples[i] for i in spread(len(samples), count)]
+        samples = decodable([samples[i] for i in spread(len(samples), count)])
     else:
         samples = _from_split(data, split, count)
     if not samples:
         raise UserError("no images to show")
     return samples
+
+
+def decodable(samples: Sequence[Sample]) -> List[Sample]:
+    """The image files that decode; each other one is a line on stderr and is left out, as
+    tools/predict.py leaves out a file it cannot decode (records: the packer checked them)."""
+    keep = []
+    for s in samples:
+        try:
+            _decoded(s, decode)
+            keep.append(s)
+        except UserError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+    return keep
 
 
 def _decoded(sample: Sample, fn):

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from toolkit.errors import UserError
-from toolkit.summary import forward_with_hooks
+from toolkit.summary import format_layers, forward_with_hooks, layer_rows
 from toolkit.visualize import figures
 from toolkit.visualize.images import eval_views
 
@@ -23,24 +23,9 @@ def capture(model, x: torch.Tensor, names):
     return seen
 
 
-def layer_table(run) -> pd.DataFrame:
-    """Every named module: its type, output shape for one image of the run's size, parameters."""
-    modules = [(n, m) for n, m in run.model.named_modules() if n]
-    x = torch.zeros(1, 3, run.image_size, run.image_size, device=run.device)
-    outs = capture(run.model, x, [n for n, _ in modules])
-    return pd.DataFrame({
-        "layer": [n for n, _ in modules],
-        "type": [type(m).__name__ for _, m in modules],
-        "output": ["x".join(map(str, outs[n].shape[1:])) if torch.is_tensor(outs.get(n)) else "-"
-                   for n, _ in modules],
-        "parameters": [sum(p.numel() for p in m.parameters()) for _, m in modules]})
-
-
-def format_table(table: pd.DataFrame) -> str:
-    width = max(len("layer"), *(len(n) for n in table["layer"]))
-    lines = [f"{'layer':<{width}}  {'type':<20} {'output':<16} parameters"]
-    lines += [f"{r.layer:<{width}}  {r.type:<20} {r.output:<16} {r.parameters}" for r in table.itertuples()]
-    return "\n".join(lines)
+def layer_table(run) -> str:
+    """The --list-layers table of the run's model at its input size (toolkit/summary.py)."""
+    return format_layers(layer_rows(run.model, run.image_size, run.device))
 
 
 def activations(run, sample, layer_names, max_channels: int = 32, cols: int = 8):

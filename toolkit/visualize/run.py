@@ -1,6 +1,6 @@
 """A trained run as the pictures need it: the checkpoint's model in eval mode on a device, the run's
-evaluation preprocessing (resize, centre crop, mean/std: the eval loader's own transform) and the
-dataset's class names; batched predictions and layer lookup by name."""
+evaluation preprocessing (resize, centre crop, mean/std: the checkpoint's, through the eval loader's
+own transform) and the checkpoint's class names; batched predictions and layer lookup by name."""
 import dataclasses
 import difflib
 import os
@@ -10,11 +10,10 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from toolkit.data import dataset_info
 from toolkit.data.torch_backend import normalize
 from toolkit.data.transforms import build_transform
 from toolkit.engine import checkpoint
-from toolkit.engine.config import TrainConfig, from_dict, override
+from toolkit.engine.config import TrainConfig, override
 from toolkit.engine.model import prepare_model
 from toolkit.errors import UserError
 
@@ -104,24 +103,20 @@ def resolve_device(device: str) -> torch.device:
 
 def load_run(checkpoints_dir: str = "checkpoints", prefix: Optional[str] = None, epoch: Optional[int] = None,
              data: Optional[str] = None, device: str = "auto") -> Run:
-    """The checkpoint (PREFIX-NNNN.pt, or the newest) with the model its configuration builds."""
+    """The checkpoint (PREFIX-NNNN.pt, or the newest) with the model its configuration builds; its
+    normalisation, input size and class names are the checkpoint's (meta); `data` (default: the
+    run's dataset) is read for records only, its classes.tsv checked against the model's names."""
+    from toolkit.engine.meta import check_class_map, load_trained
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
-    state = checkpoint.load(path)
-    cfg = from_dict(state["config"])
+    state, cfg, meta = load_trained(path, data)
     data = data or cfg.data
-    if not os.path.isdir(data):  # its mean/std and class names are needed: no silent ImageNet figures
-        raise UserError(f"{data}: the dataset folder of {path} not found (its mean/std and class "
-                        "names are needed); pass --data DIR")
-    info = dataset_info(data)
-    if info.num_classes and info.num_classes != cfg.num_classes:
-        raise UserError(f"{data}: {info.num_classes} classes, but {path} was trained for "
-                        f"{cfg.num_classes}; pass the --data the model was trained on")
+    if os.path.isdir(data):
+        check_class_map(meta, data, path)
     dev = resolve_device(device)
     env = types.SimpleNamespace(device=dev, world=1, rank=0)
     model = prepare_model(override(cfg, sync_bn=False, channels_last=False, compile=False), env)
     model.load_state_dict(state["model"])
     model.eval()
-    names = info.class_names or [str(i) for i in range(cfg.num_classes)]
-    mean = torch.tensor(info.mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    return Run(path, cfg, model, dev, data, names, mean, std)
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    return Run(path, cfg, model, dev, data, list(meta["class_names"]), mean, std)
