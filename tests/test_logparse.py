@@ -225,10 +225,10 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     common = ["--logs-dir", d / "logs", "--checkpoints-dir", d / "ck", "--prefix", "s", "--epochs", "2",
               "--batch-size", "64", "--log-every", "10"]
-    run_tool("tools/train.py", "--recipe", "resnet18", "--width", "0.25", "--image-size", "32",
-             "--min-crop-scale", "0.35", "--lr-step-epochs", "1", *common, timeout=300)
+    invoke_tool("tools/train.py", "--recipe", "resnet18", "--width", "0.25", "--image-size", "32",
+                "--min-crop-scale", "0.35", "--lr-step-epochs", "1", *common)  # in this process
     shutil.copy(d / "logs" / "s.log", d / "first.log")
-    run_tool("tools/resume.py", "--epoch", "1", "--lr", "0.003", *common, timeout=300)
+    invoke_tool("tools/resume.py", "--epoch", "1", "--lr", "0.003", *common)
     return d
 
 

@@ -10,7 +10,7 @@ import torch
 
 from toolkit.data import dataset_info
 from toolkit.engine import checkpoint
-from toolkit.engine import trainer as trainer_mod
+from toolkit.engine import passes as trainer_mod  # the run's loaders (build_loader)
 from toolkit.engine.config import make_config
 from toolkit.errors import UserError
 from toolkit.engine import meta as meta_mod

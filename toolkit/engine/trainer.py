@@ -156,6 +156,13 @@ class Trainer(Bookkeeping):
         if hook is not None:
             hook()
 
+    def train_step(self, x, y, epoch: int, b: int, nb: int) -> tuple:
+        """One micro-batch through the step's parts (toolkit/engine/step.py): (logits, loss, whether
+        the optimizer stepped). The first one moves the run (_first_step)."""
+        if not self.started:
+            self._first_step()
+        return self.parts(x, y, epoch, b, nb, self.cfg.grad_accum)
+
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict:
         """On a terminal (rank 0), a progress bar; log lines print above it, the log file has none."""
         show = self.env.main and sys.stderr.isatty()
@@ -177,9 +184,7 @@ class Trainer(Bookkeeping):
         t_fetch, seen = time.perf_counter(), False
         for b, (x, y) in enumerate(self.train_loader, start):
             t_data = time.perf_counter() - t_fetch
-            if not self.started:
-                self._first_step()
-            logits, loss, boundary = self.parts(x, y, epoch, b, nb, self.cfg.grad_accum)
+            logits, loss, boundary = self.train_step(x, y, epoch, b, nb)
             with torch.no_grad():
                 ce = F.cross_entropy(logits, y, reduction="sum")
             sums = Meter.batch_sums(logits, y, ce)
