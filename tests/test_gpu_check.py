@@ -107,6 +107,7 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1100)  # its own bounds: --budget 900, the script 1000 s (the suite's 600 cut it on busy cores)
 def test_gpu_check_cpu_runs_every_check(tmp_path):
     """The whole script as a GPU user runs it, with --cpu and tiny sizes (set-up included)."""
     out = tmp_path / "summary.json"

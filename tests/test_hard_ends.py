@@ -193,3 +193,15 @@ def test_a_training_process_killed_leaves_no_process_behind(data, tmp_path, load
     finally:
         for pid in _session(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_heartbeat_after_the_end_never_turns_it_back_into_running(tmp_path):
+    """The end of a launch can be written by errors.hard_exit from another thread or a signal handler
+    while the heartbeat thread is due: a late beat made a failed run "running", then "lost"."""
+    from toolkit.engine import status
+    with status.heartbeat(str(tmp_path), "p", every=0.05):
+        status.write_status(str(tmp_path), "p", "failed", code=1)  # as errors.hard_exit's hook does
+        time.sleep(0.3)  # several beats due
+        assert status.read_status(str(tmp_path), "p")["status"] == "failed"
+    with status.heartbeat(str(tmp_path), "p", every=0.05):  # the next launch beats again
+        assert status.read_status(str(tmp_path), "p")["status"] == "running"

@@ -13,11 +13,13 @@ LEVELS = (
     ("base", ("toolkit", "toolkit.errors", "toolkit.atomic", "toolkit.cli", "toolkit.mxlog",
               "toolkit.imageops", "toolkit.registry", "toolkit.layers", "toolkit.summary", "toolkit.rules")),
     ("formats", ("toolkit.recordio", "toolkit.shards", "toolkit.lists", "toolkit.im2rec", "toolkit.verify",
-                 "toolkit.toy", "toolkit.logparse", "toolkit.logscan", "toolkit.plots")),
+                 "toolkit.toy", "toolkit.logparse", "toolkit.logscan", "toolkit.plots",
+                 "toolkit.imagenet.devkit")),  # ImageNet's devkit files, read by lists
     ("data", ("toolkit.data", "toolkit.forkserver")),
     ("engine", ("toolkit.engine",)),
     ("capabilities", ("toolkit.transfer", "toolkit.inference", "toolkit.visualize", "toolkit.journal",
-                      "toolkit.sweep", "toolkit.benchmarks", "toolkit.gpucheck")),
+                      "toolkit.sweep", "toolkit.benchmarks", "toolkit.gpucheck", "toolkit.mxnet_import",
+                      "toolkit.imagenet")),
     ("composition", ("toolkit.training",)),
 )
 

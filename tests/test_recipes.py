@@ -47,6 +47,8 @@ def test_macs_at_224(name, gmacs):
 
 def test_every_recipe_runs_forward_and_backward_small():
     for name in registry.list_recipes():
+        if name == "mxnet":  # builds an imported MXNet graph only: tests/test_mxnet_import.py
+            continue
         recipe = registry.get_recipe(name)
         size = max(recipe.min_image_size, 32)
         model = registry.build_model(name, num_classes=5, image_size=size, width=0.125)

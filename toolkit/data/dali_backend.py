@@ -147,13 +147,14 @@ class BatchSource:
         crop's corner, rounded half to even (DALI's centre crop rounds half up): a pixel apart otherwise."""
         n, (resize, size) = len(encoded), self.eval_sizes
         shape, anchor = np.empty((n, 2), np.float32), np.empty((n, 2), np.float32)
+        crop = np.full((n, 2), size, np.float32)  # an input from here: a CPU input of a GPU slice as well
         for k, payload in enumerate(encoded):
             height, width = image_size(payload)
             short, long = min(height, width), max(height, width)
             scaled = (resize, int(resize * long / short)) if short != resize else (short, long)
             h, w = scaled if height <= width else scaled[::-1]
             shape[k], anchor[k] = (w, h), (int(round((w - size) / 2.0)), int(round((h - size) / 2.0)))
-        return shape, anchor
+        return shape, anchor, crop
 
     def draws(self, items, encoded):
         """Per sample, as TrainTransform and RecordDataset draw them: crop start (x, y) and shape
@@ -184,7 +185,7 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
     def pipe():
         device = "mixed" if gpu else "cpu"
         extra = dict(parallel=True, prefetch_queue_depth=2) if parallel else {}
-        outputs = fn.external_source(source, num_outputs=(5 + pca) if train else 4, batch=True,
+        outputs = fn.external_source(source, num_outputs=(5 + pca) if train else 5, batch=True,
                                      batch_info=True, **extra)
         jpegs, labels = outputs[:2]
         if train:
@@ -197,11 +198,11 @@ def _pipeline(source, train, size, resize, mean, std, gpu, pca, parallel, **kw):
                 images = math.clamp(fn.cast(images, dtype=types.FLOAT) + shift, 0.0, 255.0)
                 images = fn.cast(math.floor(images), dtype=types.UINT8)
         else:  # the torch backend's geometry, per sample from the source (BatchSource.eval_geometry)
-            shape, anchor = outputs[2:4]
+            shape, anchor, crop = outputs[2:5]
             images = fn.decoders.image(jpegs, device=device, output_type=types.RGB)
             images = fn.resize(images, resize_x=shape[0], resize_y=shape[1], antialias=True)
-            images = fn.slice(images, anchor, np.array([size, size], np.float32), normalized_anchor=False,
-                              normalized_shape=False, out_of_bounds_policy="pad")
+            images = fn.slice(images, anchor, crop, normalized_anchor=False, normalized_shape=False,
+                              out_of_bounds_policy="pad")
             mirror = 0
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(size, size),
                                           mean=list(mean), std=list(std), mirror=mirror)
@@ -325,8 +326,8 @@ class DaliLoader:
             raise
         except Exception as exc:  # DALI's own (a RuntimeError, or a bare Exception from a source worker)
             self.name_undecodable(b)  # its message names no record: one line that does
-            raise Failed(f"DALI stopped while reading {self.what}: {dali_reason(exc)}; use --loader torch "
-                         "(it names and replaces undecodable records), or repair the shard") from None
+            raise Failed(f"DALI stopped while reading {self.what}: {dali_reason(exc)}; --loader torch reads "
+                         "the same records without DALI (and names and replaces undecodable ones)") from None
         finally:
             if finished:  # the pipeline goes on with the next epoch
                 self._live[2], self._live[3] = self._live[2] + 1, True

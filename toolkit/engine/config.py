@@ -4,6 +4,7 @@ An unknown key or a bad value is a one-line UserError. The resolved configuratio
 header and into every checkpoint, and it is all a resumed run needs besides the checkpoint's state.
 """
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Optional, Tuple
@@ -46,6 +47,7 @@ class TrainConfig:
     bias_init: Optional[float] = None
     dropout: Optional[float] = None
     width: Optional[float] = None
+    graph: str = ""                      # recipe mxnet: the imported MXNet graph as JSON (toolkit/mxnet_import)
     # input
     loader: str = "auto"
     workers: int = 2
@@ -77,10 +79,15 @@ class TrainConfig:
     new_head: bool = False               # a new head even where the source's has the same shape
 
     def model_kwargs(self) -> dict:
-        return model_kwargs(dataclasses.asdict(self))
+        kwargs = model_kwargs(dataclasses.asdict(self))
+        return {**kwargs, "graph": self.graph} if self.graph else kwargs
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """For the log header: an imported graph as its digest (the checkpoint holds the graph)."""
+        d = dataclasses.asdict(self)
+        if self.graph:
+            d["graph"] = f"sha256:{hashlib.sha256(self.graph.encode()).hexdigest()[:16]}, {len(self.graph)} bytes"
+        return json.dumps(d, sort_keys=True)
 
 
 def _recipe_defaults(recipe: str) -> dict:

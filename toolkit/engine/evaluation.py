@@ -12,10 +12,12 @@ from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import override
 from toolkit.engine.passes import evaluate, make_eval_loader
 from toolkit.engine.run import raise_stalled
+from toolkit.lists import read_class_words, read_classes
 
 
-def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:
-    """Rows: true class; confusion[i, j] counts images of class i predicted as j."""
+def per_class_table(confusion: np.ndarray, names=None, words=None) -> pd.DataFrame:
+    """Rows: true class; confusion[i, j] counts images of class i predicted as j. `words` (classes.tsv's
+    third column: ImageNet's synset words) adds a column after the name."""
     confusion = np.asarray(confusion, dtype=np.int64)
     tp = np.diag(confusion).astype(np.float64)
     support, predicted = confusion.sum(1), confusion.sum(0)
@@ -24,9 +26,22 @@ def per_class_table(confusion: np.ndarray, names=None) -> pd.DataFrame:
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     n = len(confusion)
-    return pd.DataFrame({"class": np.arange(n), "name": names if names and len(names) == n else [str(i) for i in range(n)],
-                         "support": support, "predicted": predicted, "precision": precision,
+    named = {"class": np.arange(n), "name": names if names and len(names) == n else [str(i) for i in range(n)]}
+    if words:
+        named["words"] = list(words[:n]) + [""] * (n - len(words))
+    return pd.DataFrame({**named, "support": support, "predicted": predicted, "precision": precision,
                          "recall": recall, "f1": f1})
+
+
+def class_words(data: str, names):
+    """The words of each of `names` in the data's classes.tsv (its third column: ImageNet's synset
+    words), "" for a name it lacks; None where it has no words."""
+    path = os.path.join(data, "classes.tsv")
+    words = read_class_words(path) if os.path.exists(path) else None
+    if not words or not names:
+        return None
+    by_name = dict(zip(read_classes(path), words))
+    return [by_name.get(n, "") for n in names]
 
 
 def undecodable(loader, env) -> list:
@@ -76,7 +91,8 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
         per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
         confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
         confusion = result["confusion"].numpy()
-        table = per_class_table(confusion, member.meta["class_names"])
+        names = member.meta["class_names"]
+        table = per_class_table(confusion, names, class_words(data, names))
         write_csv(table, per_class_csv)
         labels = list(table["name"])
         write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
@@ -89,7 +105,8 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
             print(f"{len(left_out)} undecodable record(s) not counted: {'; '.join(left_out[:5])}"
                   + (f"; ... ({len(left_out) - 5} more)" if len(left_out) > 5 else ""))
         worst = table.sort_values("f1").head(5)
-        print("lowest F1: " + ", ".join(f"{r.name} {r.f1:.3f}" for r in worst.itertuples()))
+        print("lowest F1: " + ", ".join(f"{getattr(r, 'words', None) or r.name} {r.f1:.3f}"
+                                        for r in worst.itertuples()))
         print(f"per-class precision/recall/F1: {per_class_csv}\nconfusion matrix: {confusion_csv}")
         emit_json({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
                    "cross_entropy": result["cross-entropy"], "images": result["images"],

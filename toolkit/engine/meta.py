@@ -44,7 +44,8 @@ def describe(cfg, info=None) -> dict:
             "std": [float(v) for v in cfg.std or info.std],  # source's (--init-from) win over the dataset's
             "image_size": int(cfg.image_size),
             "eval_resize": int(eval_resize_for(cfg.image_size, cfg.eval_resize)),
-            "model_kwargs": cfg.model_kwargs(), "preprocessing": PREPROCESSING}
+            "model_kwargs": {k: v for k, v in cfg.model_kwargs().items() if k != "graph"},  # in config
+            "preprocessing": PREPROCESSING}
 
 
 def meta_of(state: dict, path: str, data: Optional[str] = None) -> dict:

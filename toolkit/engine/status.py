@@ -36,7 +36,27 @@ def read_status(logs_dir: str, prefix: str) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
+# one writer at a time, and none of the heartbeat's after the end: the end may be written from a signal
+# handler or another thread (errors.hard_exit) while the heartbeat thread is mid-beat, and a late beat
+# would turn "failed" back into "running" (then "lost")
+_WRITING = threading.RLock()
+_ENDED = threading.Event()
+
+
 def write_status(logs_dir: str, prefix: str, status: str, **extra):
+    if not _WRITING.acquire(timeout=10):  # bounded: a write in flight is one small file
+        return
+    try:
+        if status == "running" and _ENDED.is_set():
+            return
+        if status != "running":
+            _ENDED.set()
+        _write(logs_dir, prefix, status, **extra)
+    finally:
+        _WRITING.release()
+
+
+def _write(logs_dir: str, prefix: str, status: str, **extra):
     try:
         os.makedirs(logs_dir or ".", exist_ok=True)
         now = time.time()
@@ -52,6 +72,7 @@ def write_status(logs_dir: str, prefix: str, status: str, **extra):
 def heartbeat(logs_dir: str, prefix: str, every: float = HEARTBEAT_S):
     """"running" now and every `every` seconds until the block ends (the caller then writes the end)."""
     started = time.time()
+    _ENDED.clear()  # a new launch (in the same process: tests, a sweep's in-process runs)
     write_status(logs_dir, prefix, "running", started=started)
     done = threading.Event()
 

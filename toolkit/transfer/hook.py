@@ -44,6 +44,7 @@ class Transfer(ModelHook):
         first ("dataset": the dataset's), then the source's (ImageNet's for torchvision's weights)."""
         from toolkit.data import dataset_info
         from toolkit.engine.config import override
+        cfg = self.graph(cfg)
         if not self.fresh:
             return cfg  # a resume keeps its run's (a run older than this rule: the dataset's)
         data = dataset_info(cfg.data)
@@ -65,6 +66,23 @@ class Transfer(ModelHook):
         self.lines.append(f"normalisation: mean {_fmt(mean)} std {_fmt(std)}: {origin} "
                           f"(the dataset's: mean {_fmt(data.mean)} std {_fmt(data.std)})")
         return override(cfg, mean=mean, std=std)
+
+    def graph(self, cfg):
+        """An imported MXNet model (tools/import_mxnet.py): its graph, stored in the source's
+        configuration, is the network recipe mxnet builds (the one hook for graph checkpoints)."""
+        graph = (self.source.config or {}).get("graph") if self.fresh and self.source is not None else None
+        if not graph or cfg.graph:
+            return cfg
+        if cfg.recipe != "mxnet":
+            raise UserError(f"--init-from {self.source.text} is an imported MXNet model: train it with "
+                            "--recipe mxnet (its graph comes with it)")
+        from toolkit.engine.config import override
+        from toolkit.mxnet_import.graph import check_input_size
+        size = self.source.config.get("image_size")
+        problem = check_input_size(graph, cfg.image_size)
+        if problem:
+            raise UserError(f"--init-from {self.source.text}: {problem}; pass --image-size {size} (its size)")
+        return override(cfg, graph=graph)
 
     def check_head_classes(self, cfg):
         """Training: a source checkpoint's head kept (same class count, no --new-head) must mean the same
