@@ -17,7 +17,8 @@ from tests.helpers import run_tool
 from toolkit import toy
 from toolkit.data import open_split
 from toolkit.data.sampler import RankBatches
-from toolkit.data.torch_backend import RecordDataset, build_transform
+from toolkit.data.torch_backend import RecordDataset
+from toolkit.data.transforms import build_transform
 from toolkit.visualize import figures, heatmaps
 from toolkit.visualize.augment import draws
 from toolkit.visualize.images import box_masks, eval_views, gather, read_boxes
@@ -173,10 +174,12 @@ def test_augment_shows_what_the_loader_gives(trained):
             assert torch.equal(images[0], shown[k, epoch])
 
 
-RECIPES = [("resnet18", dict(width=0.25), 64, "CAM"),
-           ("resnet18", dict(width=0.25), 32, "Grad-CAM"),  # the last block is 1x1: an earlier layer
-           ("squeezenet1_1", dict(width=0.25), 64, "CAM"),
-           ("googlenet", dict(width=0.125), 64, "CAM"), ("minigooglenet", dict(width=0.25), 32, "CAM"),
+# the default layer is the last block whose map is at least 7x7: the last block (CAM) at 224 px, an
+# earlier one (Grad-CAM) where the last block's map is smaller (2x2 at 64 px, 1x1 at 32 px)
+RECIPES = [("resnet18", dict(width=0.25), 224, "CAM"), ("resnet18", dict(width=0.25), 64, "Grad-CAM"),
+           ("resnet18", dict(width=0.25), 32, "Grad-CAM"),
+           ("squeezenet1_1", dict(width=0.25), 224, "CAM"),
+           ("googlenet", dict(width=0.125), 224, "CAM"), ("minigooglenet", dict(width=0.25), 32, "CAM"),
            ("vgg11", dict(width=0.125), 32, "Grad-CAM"), ("alexnet", dict(width=0.25), 64, "Grad-CAM")]
 
 

@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from tests.conftest import REPO
 from tests.test_one_truth import toy, write_checkpoint  # noqa: F401 (a fixture)
-from toolkit.cli import json_file_args
 from toolkit.errors import UserError
 from toolkit.sweep import load_command
 
@@ -21,6 +20,7 @@ def tool(name):
 
 
 def test_json_file_args():
+    from toolkit.cli import json_file_args
     assert json_file_args(["--json", "out.json", "a.jpg"]) == ["--json-file", "out.json", "a.jpg"]
     assert json_file_args(["--json", "a.jpg", "b.JSON"]) == ["--json", "a.jpg", "b.JSON"]
     assert json_file_args(["--json=x", "--", "--json", "y.json"]) == ["--json-file", "x", "--", "--json", "y.json"]

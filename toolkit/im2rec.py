@@ -41,6 +41,7 @@ class PackOptions:
     color: int = 1               # 1 colour, 0 grayscale, -1 unchanged
     num_thread: int = 1
     num_shards: int = 1
+    rgb_jpeg: bool = False       # with pass_through: odd files (PNG, CMYK, grey) re-encoded as RGB JPEGs
 
 
 @dataclasses.dataclass
@@ -109,6 +110,54 @@ def _decode(data: bytes, color: int) -> np.ndarray:
     return img
 
 
+def _needs_rgb_jpeg(data: bytes) -> bool:
+    """Not a baseline 3-component JPEG: a PNG or other format under a .JPEG name, a CMYK or a grey JPEG
+    (ImageNet's odd files; DALI's GPU decoder reads only 3-component JPEGs reliably)."""
+    return kind_of(data) != "rgb"
+
+
+def kind_of(data: bytes) -> str:
+    """'rgb', 'cmyk', 'grayscale' (JPEGs by their frame header's component count), 'png' or 'other'."""
+    if data[:2] != b"\xff\xd8":
+        return "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "other"
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return "other"
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xFF:  # a fill byte
+            pos += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            comps = data[pos + 9] if pos + 9 < len(data) else 0
+            return {1: "grayscale", 3: "rgb", 4: "cmyk"}.get(comps, "other")
+        pos += 2 + length
+    return "other"
+
+
+def encode_bytes(data: bytes, item: ListItem, opts: PackOptions) -> Tuple[bytes, Optional[np.ndarray]]:
+    """(record, stats or None) of one image's file bytes; raises if it must be skipped."""
+    if opts.pass_through and not (opts.rgb_jpeg and _needs_rgb_jpeg(data)):
+        # stored as is; decoded only for the mean/std (with rgb_jpeg: it must decode, or it is skipped)
+        try:
+            stats = _stats(_decode(data, opts.color))
+        except (RuntimeError, cv2.error):
+            if opts.rgb_jpeg:
+                raise
+            stats = None
+        return recordio.pack(_header(item, opts), data), stats
+    img = _decode(data, opts.color)
+    if opts.pass_through:  # an odd file under rgb_jpeg: re-encoded as it is, no resize
+        return recordio.pack(_header(item, opts), _encode(img, opts)), _stats(img)
+    img = _transform(img, opts)
+    return recordio.pack(_header(item, opts), _encode(img, opts)), _stats(img)
+
+
+def skip_warning(where: str, exc: Exception) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"warning: skipping unreadable image {where}: {reason}"
+
+
 def encode_item(job: Tuple[str, ListItem, PackOptions]):
     """Worker: (key, record bytes or None, stats or None, warning or None) for one list item."""
     root, item, opts = job
@@ -116,17 +165,9 @@ def encode_item(job: Tuple[str, ListItem, PackOptions]):
     try:
         with open(path, "rb") as f:
             data = f.read()
-        if opts.pass_through:  # stored as is; decoded only for the mean/std, if it decodes
-            try:
-                stats = _stats(_decode(data, opts.color))
-            except (RuntimeError, cv2.error):
-                stats = None
-            return item.index, recordio.pack(_header(item, opts), data), stats, None
-        img = _transform(_decode(data, opts.color), opts)
-        return item.index, recordio.pack(_header(item, opts), _encode(img, opts)), _stats(img), None
+        return (item.index, *encode_bytes(data, item, opts), None)
     except Exception as exc:  # a bad image is skipped with a warning, never fatal (as in MXNet)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return item.index, None, None, f"warning: skipping unreadable image {path}: {reason}"
+        return item.index, None, None, skip_warning(path, exc)
 
 
 def _one_core():
@@ -140,18 +181,18 @@ def _worker_init():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _encode_chunk(jobs):
-    return [encode_item(job) for job in jobs]
+def _encode_chunk(jobs, fn=None):
+    return [(fn or encode_item)(job) for job in jobs]
 
 
-def _encoded(jobs, processes: int, chunk: int = 8):
+def _encoded(jobs, processes: int, chunk: int = 8, fn=None):
     """encode_item over `jobs`, in list order: in this process for one thread, else in `processes`
     worker processes with at most 4 chunks each in flight, so memory stays bounded whatever the
     list's length. concurrent.futures rather than multiprocessing.Pool.imap: Pool's worker-handler
     thread wakes on every result waiting in its pipe and spun for 20% of a core while packing
     (measured: 2 processes 1122-1144 against 984-1042 images/s, tools/benchmark.py im2rec's images)."""
     if processes <= 1:
-        yield from map(encode_item, jobs)
+        yield from map(fn or encode_item, jobs)
         return
     # Forked (all at once, at the first submit: quick, and no worker still starting when Ctrl-C
     # ends the pool). A fork copies OpenCV's thread pool in a broken state, and cv2.setNumThreads in
@@ -162,7 +203,7 @@ def _encoded(jobs, processes: int, chunk: int = 8):
     try:
         pending = collections.deque()
         for batch in iter(lambda: list(itertools.islice(jobs, chunk)), []):
-            pending.append(executor.submit(_encode_chunk, batch))
+            pending.append(executor.submit(_encode_chunk, batch, fn))
             if len(pending) >= 4 * processes:
                 yield from pending.popleft().result()
         while pending:
@@ -174,6 +215,61 @@ def _encoded(jobs, processes: int, chunk: int = 8):
         executor.shutdown(wait=False, cancel_futures=True)
 
 
+def shard_bounds(total: int, num_shards: int) -> List[int]:
+    """First item of each shard, then `total`: records spread evenly."""
+    n = len(shard_names("x", num_shards))
+    return [total * k // n for k in range(n + 1)]
+
+
+@dataclasses.dataclass
+class ShardResult:
+    shard: int
+    records: int = 0
+    skipped: int = 0
+    acc: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(7))
+    kinds: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    staged: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # [(temp path, final path)]
+
+
+def pack_jobs(jobs, total: int, name: str, opts: PackOptions, fn=None, first_shard: int = 0):
+    """Encode `jobs` (the items of shards first_shard.. of a list of `total`, in order) with `fn`
+    (default encode_item) and write NAME[-K].rec/.idx under temp names; yield a ShardResult once each
+    shard is complete, its files in `staged` for the caller to rename (toolkit/shards.py). A result
+    may carry a fifth field, the image's kind, counted per shard."""
+    names = shard_names(name, opts.num_shards)
+    bounds = shard_bounds(total, opts.num_shards)
+    cv_threads = cv2.getNumThreads()
+    if opts.num_thread <= 1:
+        _one_core()  # --num-thread 1 means one core
+    results = _encoded(jobs, opts.num_thread, fn=fn)
+    try:
+        bar = tqdm(total=total, initial=bounds[first_shard], unit="img", desc=os.path.basename(name),
+                   disable=None, file=sys.stderr, smoothing=0.05)
+        for shard in range(first_shard, len(names)):
+            done = ShardResult(shard)
+            with recordio.IndexedRecordWriter(names[shard] + ".idx", names[shard] + ".rec") as writer:
+                for _ in range(bounds[shard], bounds[shard + 1]):
+                    key, record, stats, warning, *kind = next(results)
+                    bar.update()
+                    done.kinds.update(kind)
+                    if warning:
+                        tqdm.write(warning, file=sys.stderr)
+                        done.warnings.append(warning)
+                        done.skipped += 1
+                        continue
+                    writer.write_idx(key, record)
+                    if stats is not None:
+                        done.acc += stats
+                    done.records += 1
+                done.staged = writer.finish()
+            yield done
+        bar.close()
+    finally:
+        results.close()  # stops the worker processes, also on an error or Ctrl-C
+        cv2.setNumThreads(cv_threads)
+
+
 def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str] = None) -> PackResult:
     """Pack one .lst into NAME.rec/.idx (or shards) and NAME.mean_std.json beside it; the new files
     replace every file an earlier packing of NAME wrote, at once (toolkit/shards.py)."""
@@ -183,12 +279,17 @@ def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str
     names = shard_names(name, opts.num_shards)
     result = PackResult(lst_path, [n + ".rec" for n in names])
     staged: List[Tuple[str, str]] = []  # complete shards under their temp names
+    acc = np.zeros(7)
     try:
-        acc = _write_shards(lst_path, root, opts, names, total, result, staged)
+        for done in pack_jobs(((root, item, opts) for item in read_list(lst_path)), total, name, opts):
+            staged += done.staged
+            result.records += done.records
+            result.skipped += done.skipped
+            acc += done.acc
         if result.skipped and not result.records:  # nothing to train on: no files, and say so
             raise UserError(f"{lst_path}: none of its {result.skipped} images could be read (warnings above); "
                             f"is {root} the folder the list was made from?")
-        shards.commit(name, staged, _mean_std(acc, result.records))
+        shards.commit(name, staged, mean_std(acc, result.records))
         staged = []
     finally:
         for tmp, _ in staged:  # an error or Ctrl-C before the commit: the earlier packing stays as it was
@@ -197,40 +298,7 @@ def pack_list(lst_path: str, root: str, opts: PackOptions, out_dir: Optional[str
     return result
 
 
-def _write_shards(lst_path, root, opts, names, total, result, staged) -> np.ndarray:
-    """Encode the list's images into the shards (temp names, appended to `staged` when complete);
-    returns the pixel statistics' accumulator."""
-    bounds = [total * k // len(names) for k in range(len(names) + 1)]  # records spread evenly
-    acc = np.zeros(7)
-    jobs = ((root, item, opts) for item in read_list(lst_path))
-    cv_threads = cv2.getNumThreads()
-    if opts.num_thread <= 1:
-        _one_core()  # --num-thread 1 means one core
-    results = _encoded(jobs, opts.num_thread)
-    try:
-        bar = tqdm(total=total, unit="img", desc=os.path.basename(names[0]), disable=None, file=sys.stderr)
-        for shard, shard_name in enumerate(names):
-            with recordio.IndexedRecordWriter(shard_name + ".idx", shard_name + ".rec") as writer:
-                for _ in range(bounds[shard], bounds[shard + 1]):
-                    key, record, stats, warning = next(results)
-                    bar.update()
-                    if warning:
-                        tqdm.write(warning, file=sys.stderr)
-                        result.skipped += 1
-                        continue
-                    writer.write_idx(key, record)
-                    if stats is not None:
-                        acc += stats
-                    result.records += 1
-                staged += writer.finish()
-        bar.close()
-    finally:
-        results.close()  # stops the worker processes, also on an error or Ctrl-C
-        cv2.setNumThreads(cv_threads)
-    return acc
-
-
-def _mean_std(acc: np.ndarray, images: int) -> dict:
+def mean_std(acc: np.ndarray, images: int) -> dict:
     n = max(acc[0], 1)
     mean = acc[1:4] / n
     std = np.sqrt(np.maximum(acc[4:7] / n - mean ** 2, 0))

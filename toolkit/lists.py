@@ -165,8 +165,20 @@ def read_classes(path: str) -> List[str]:
     return names
 
 
+def read_class_words(path: str) -> Optional[List[str]]:
+    """The words column of classes.tsv (the wnid where a line has none), or None without any."""
+    rows = [line.rstrip("\n").split("\t") for line in open(path) if line.strip()]
+    if not any(len(r) > 2 and r[2] for r in rows):
+        return None
+    return [r[2] if len(r) > 2 and r[2] else r[1] for r in rows]
+
+
 def read_synset_words(path: str) -> Dict[str, str]:
-    """ImageNet's synset_words.txt / LOC_synset_mapping.txt: `n01440764 tench, Tinca tinca`."""
+    """ImageNet's synset_words.txt / LOC_synset_mapping.txt: `n01440764 tench, Tinca tinca`; or the
+    devkit (its tarball or meta.mat)."""
+    from toolkit.imagenet import devkit
+    if devkit.is_devkit_file(path):
+        return devkit.load_devkit(path).words
     out = {}
     with open(path) as f:
         for line in f:
@@ -211,13 +223,7 @@ def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Seque
     with open(ground_truth) as f:
         ids = [int(x) for x in f.read().split()]
     files = sorted(f for f in os.listdir(val_dir) if f.lower().endswith((".jpeg", ".jpg", ".png")))
-    if len(files) != len(ids):
-        raise UserError(f"{ground_truth}: {len(ids)} labels but {len(files)} images in {val_dir}")
-    for k, name in enumerate(files, 1):  # line k of the ground truth is ILSVRC2012_val_%08d k
-        number = re.match(r"ILSVRC2012_val_(\d{8})\.", name)
-        if number and int(number.group(1)) != k:
-            raise UserError(f"{os.path.join(val_dir, name)} is image {k} of {val_dir}: expected "
-                            f"ILSVRC2012_val_{1:08d} to ILSVRC2012_val_{len(ids):08d} and no other images")
+    check_val_numbering(files, len(ids), val_dir, ground_truth)
     if id_wnids is not None and classes is not None:
         label_of = {name: i for i, name in enumerate(classes)}
         missing = sorted({id_wnids[k - 1] for k in ids} - set(label_of))
@@ -229,8 +235,24 @@ def imagenet_val_items(val_dir: str, ground_truth: str, id_wnids: Optional[Seque
     return [ListItem(i, fname, (float(lab),)) for i, (fname, lab) in enumerate(zip(files, labels))]
 
 
+def check_val_numbering(files: Sequence[str], n: int, val_dir: str, ground_truth: str = "the ground truth"):
+    """Line k of the ground truth is ILSVRC2012_val_%08d k: the sorted names must be 1..n exactly."""
+    if len(files) != n:
+        raise UserError(f"{ground_truth}: {n} labels but {len(files)} images in {val_dir}")
+    for k, name in enumerate(files, 1):
+        number = re.match(r"ILSVRC2012_val_(\d{8})\.", name)
+        if number and int(number.group(1)) != k:
+            raise UserError(f"{os.path.join(val_dir, name)} is image {k} of {val_dir}: expected "
+                            f"ILSVRC2012_val_{1:08d} to ILSVRC2012_val_{n:08d} and no other images")
+
+
 def read_id_wnids(path: str) -> List[str]:
-    """The wnid of each ILSVRC2012_ID (line k = ID k): `n01440764` per line (more fields ignored)."""
+    """The wnid of each ILSVRC2012_ID (line k = ID k): `n01440764` per line (more fields ignored),
+    or the devkit's meta.mat, or the devkit tarball. A text list in sorted-wnid order is refused:
+    the devkit's ID order never is (the synset mapping or synset words given by mistake)."""
+    from toolkit.imagenet import devkit
+    if devkit.is_devkit_file(path):
+        return devkit.load_devkit(path).id_wnids
     wnids, line_of = [], {}
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -244,6 +266,10 @@ def read_id_wnids(path: str) -> List[str]:
                                 "one wnid per ILSVRC2012_ID (line k = ID k, from the devkit's data/meta.mat)")
             line_of[fields[0]] = lineno
             wnids.append(fields[0])
+    if len(wnids) > 2 and wnids == sorted(wnids):
+        raise UserError(f"{path}: its wnids are in sorted order, as in LOC_synset_mapping.txt or synset_words.txt, "
+                        "never the devkit's ID order: give --imagenet-id-wnids the devkit "
+                        "(ILSVRC2012_devkit_t12.tar.gz) or its data/meta.mat")
     return wnids
 
 

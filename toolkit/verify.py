@@ -27,6 +27,7 @@ class VerifyReport:
     labels: Dict[float, int] = dataclasses.field(default_factory=collections.Counter)
     problems: List[str] = dataclasses.field(default_factory=list)
     rebuilt: bool = False
+    files: int = 1  # record files counted (a split's total: its shards)
 
     @property
     def ok(self) -> bool:
@@ -51,7 +52,7 @@ def rebuild_index(rec_path: str, idx_path: str) -> int:
     return len(lines)
 
 
-def _decodes(payload: bytes) -> bool:
+def decodes(payload: bytes) -> bool:
     try:
         tvio.decode_image(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
         return True
@@ -68,7 +69,7 @@ def verify_rec(rec_path: str, fix_index: bool = False) -> VerifyReport:
         header, image = recordio.unpack(payload)
         label = float(header.label) if header.flag == 0 else float(header.label[0])
         report.labels[label] += 1
-        if not _decodes(image):
+        if not decodes(image):
             report.bad_images += 1
             report.problems.append(f"{rec_path}: record id {header.id} at offset {off} does not decode")
     report.records = len(offsets)
@@ -112,3 +113,15 @@ def verify_prefix(prefix: str, fix_index: bool = False) -> List[VerifyReport]:
         if wrong:
             report.problems.append(wrong)
     return reports
+
+
+def totals_per_split(reports: List[VerifyReport]) -> Dict[str, VerifyReport]:
+    """One report per split (NAME.rec, or its shards NAME-NNNNN.rec): counts and labels summed."""
+    totals: Dict[str, VerifyReport] = {}
+    for r in reports:
+        name = os.path.basename(shards.base(r.rec))
+        t = totals.setdefault(name, VerifyReport(name, files=0))
+        t.records, t.bad_images, t.files = t.records + r.records, t.bad_images + r.bad_images, t.files + 1
+        t.labels.update(r.labels)
+        t.problems += r.problems
+    return totals

@@ -30,11 +30,13 @@ def parse_args(argv=None):
     g.add_argument("--no-shuffle", dest="shuffle", action="store_false")
     g.add_argument("--label-from-name", action="store_true",
                    help="Kaggle-style sets: the label is the file name before the first dot")
-    g.add_argument("--synsets", help="ImageNet synset words file: adds the words to classes.tsv")
+    g.add_argument("--synsets", help="ImageNet synset words (synset_words.txt, LOC_synset_mapping.txt, or the "
+                                     "devkit / its meta.mat): adds the words to classes.tsv")
     g.add_argument("--imagenet-val-gt", metavar="GT",
                    help="ILSVRC2012_validation_ground_truth.txt: label ROOT's val images from it")
     g.add_argument("--imagenet-id-wnids", metavar="FILE",
-                   help="wnid of each ILSVRC2012_ID, one per line (maps the devkit ids to train labels)")
+                   help="the devkit (ILSVRC2012_devkit_t12.tar.gz), its data/meta.mat, or the wnid of each "
+                        "ILSVRC2012_ID one per line (maps the devkit ids to train labels)")
     g.add_argument("--classes", metavar="TSV",
                    help="the train list's classes.tsv, for --imagenet-val-gt (default: classes.tsv beside "
                         "PREFIX, else the wnids in sorted order, as the train list numbers synset folders)")
@@ -85,13 +87,17 @@ def run_list(a):
 
 def run_verify(a):
     bad = 0
-    for r in verify.verify_prefix(a.prefix, a.fix_index):
+    reports = verify.verify_prefix(a.prefix, a.fix_index)
+    for r in reports:
         counts = " ".join(f"{int(k) if float(k).is_integer() else k}:{v}" for k, v in sorted(r.labels.items()))
         print(f"{r.rec}: {r.records} records, {r.bad_images} undecodable"
               f"{', .idx rebuilt' if r.rebuilt else ''}; per label {counts}")
         for problem in r.problems:
             print(f"  problem: {problem}")
         bad += not r.ok
+    for split, t in verify.totals_per_split(reports).items():
+        print(f"split {split}: {t.records} records in {t.files} file(s), {t.bad_images} undecodable, "
+              f"{len(t.labels)} labels, {len(t.problems)} problems")
     if bad:
         raise UserError(f"{bad} record file(s) have problems (listed above)")
 

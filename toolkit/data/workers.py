@@ -22,7 +22,13 @@ import torch
 
 from toolkit.data.source_watch import AFTER as _AFTER
 from toolkit.errors import Stalled, UserError
-from toolkit.forkserver import NO_MAIN_GUARD, context  # noqa: F401 (context: the workers' start method)
+from toolkit import forkserver
+from toolkit.forkserver import NO_MAIN_GUARD
+
+
+def context():
+    """The workers' start method: toolkit/forkserver.py's, with end_workers run at exit."""
+    return forkserver.context(at_exit=end_workers)
 
 
 def worker_init(_worker_id):

@@ -18,11 +18,13 @@ import torch.nn as nn
 from toolkit.cli import emit_json
 from toolkit.engine import dist, preflight
 from toolkit.engine.config import override
-from toolkit.engine.evaluation import per_class_table, write_csv
+from toolkit.engine.evaluation import class_words, per_class_table, write_csv
+from toolkit.engine.passes import evaluate, make_eval_loader
 from toolkit.engine.run import raise_stalled
-from toolkit.engine.trainer import evaluate, make_eval_loader
 from toolkit.errors import UserError
-from toolkit.inference.meta import check_class_map, check_same_classes, load_member, resolve
+from toolkit.engine.meta import check_class_map
+from toolkit.engine.model import load_member
+from toolkit.inference.meta import check_same_classes, resolve
 
 _MEMBER = re.compile(r"^[^-].*(:\d+|\.pt)$")
 
@@ -143,7 +145,8 @@ def report(members, results, ens, data, split, ten_crop, out_dir, env) -> dict:
     per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
     confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
     confusion = ens["confusion"].numpy()
-    table = per_class_table(confusion, members[0].meta["class_names"])
+    names = members[0].meta["class_names"]
+    table = per_class_table(confusion, names, class_words(data, names))
     write_csv(table, per_class_csv)
     labels = list(table["name"])
     write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),

@@ -45,7 +45,13 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
     largest map): the last module to finish with such a spatial output; of modules returning that
     same tensor (a block and the stage holding it), the outermost."""
     done, _ = _record_outputs(model, x[:1])
-    spatial = [(n, o) for n, _, o in done if torch.is_tensor(o) and o.dim() == 4 and o.shape[-1] * o.shape[-2] > 1]
+    spatial, floor = [], None
+    for n, _, o in done:  # a map larger than one before it is an upsampled copy (VGG's adaptive
+        if torch.is_tensor(o) and o.dim() == 4:  # pool gives 7x7 from 1x1 at 32 px): not a finer map
+            fine = floor is None or min(o.shape[-2:]) <= floor
+            floor = min(o.shape[-2:]) if floor is None else min(floor, min(o.shape[-2:]))
+            if fine and o.shape[-1] * o.shape[-2] > 1:
+                spatial.append((n, o))
     if not spatial:
         raise UserError("no layer with a spatial output in this model; give one with --layer")
     side = min(MIN_SIDE, max(min(o.shape[-2:]) for _, o in spatial))

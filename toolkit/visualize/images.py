@@ -21,7 +21,8 @@ import torchvision.transforms.v2 as T
 from toolkit import recordio
 from toolkit.data import open_split
 from toolkit.data.discovery import RecordSet, split_files
-from toolkit.data.torch_backend import decode, eval_resize_for
+from toolkit.data.decode import decode
+from toolkit.data.transforms import eval_resize_for
 from toolkit.errors import UserError
 from toolkit.lists import IMAGE_EXTS, image_files, read_list
 from toolkit.toy import boxes_path
@@ -164,14 +165,20 @@ def gather(inputs: Sequence[str], data: str, split: str, count: Optional[int], c
 
 def decodable(samples: Sequence[Sample]) -> List[Sample]:
     """The image files that decode; each other one is a line on stderr and is left out, as
-    tools/predict.py leaves out a file it cannot decode (records: the packer checked them)."""
-    keep = []
+    tools/predict.py leaves out a file it cannot decode (records: the packer checked them). None
+    decoding is one UserError naming the first."""
+    keep, skipped = [], []
     for s in samples:
         try:
             _decoded(s, decode)
             keep.append(s)
         except UserError as e:
-            print(f"skipped: {e}", file=sys.stderr)
+            skipped.append(str(e.message))
+    if skipped and not keep:
+        more = f" (and {len(skipped) - 1} more that do not decode)" if len(skipped) > 1 else ""
+        raise UserError(f"no image to show: {skipped[0]}{more}")
+    for line in skipped:
+        print(f"skipped: {line}", file=sys.stderr)
     return keep
 
 
