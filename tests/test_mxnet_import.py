@@ -202,7 +202,7 @@ def test_checkpoint_is_ours_with_the_graph_as_data(imported):
 
 def test_predict_and_export_take_it(imported, tmp_path):
     from toolkit.inference.export import export
-    from toolkit.inference.meta import load_member
+    from toolkit.engine.model import load_member
     member = load_member(str(imported))
     x, want = np.load(MODELS / "mod_resnet18-input.npy"), np.load(MODELS / "mod_resnet18-logits.npy")
     with torch.no_grad():

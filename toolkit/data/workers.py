@@ -21,7 +21,13 @@ import time
 import torch
 
 from toolkit.errors import Stalled, UserError
-from toolkit.forkserver import NO_MAIN_GUARD, context  # noqa: F401 (context: the workers' start method)
+from toolkit import forkserver
+from toolkit.forkserver import NO_MAIN_GUARD
+
+
+def context():
+    """The workers' start method: toolkit/forkserver.py's, with end_workers run at exit."""
+    return forkserver.context(at_exit=end_workers)
 
 
 def worker_init(_worker_id):

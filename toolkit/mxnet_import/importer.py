@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 from toolkit.data.discovery import IMAGENET_MEAN, IMAGENET_STD
 from toolkit.engine.config import make_config
-from toolkit.inference.meta import describe
+from toolkit.engine.meta import describe
 from toolkit.errors import UserError
 from toolkit.lists import read_classes
 from toolkit.mxnet_import.convert import build, convert

@@ -5,12 +5,14 @@ weights and returns an nn.Module whose forward takes the node's data inputs. Def
 operator defaults (not PyTorch's): BatchNorm eps 1e-3 and fix_gamma True, LeakyReLU slope 0.25,
 Pooling's 'valid' convention and count_include_pad True, FullyConnected's flatten True.
 """
-import ast
 from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from toolkit.mxnet_import.attrs import tup, value  # noqa: F401 (convert.py reads value here)
+from toolkit.mxnet_import.pooling import Pool
 
 # the weights each operator takes, in its input order after the data: MXNet name -> PyTorch name
 WEIGHTS = {"Convolution": [("weight", "weight"), ("bias", "bias")],
@@ -20,26 +22,6 @@ WEIGHTS = {"Convolution": [("weight", "weight"), ("bias", "bias")],
            "LeakyReLU": [("gamma", "weight")]}
 HEADS = {"SoftmaxOutput", "SoftmaxActivation", "softmax", "log_softmax", "Softmax", "LogisticRegressionOutput",
          "LinearRegressionOutput", "MAERegressionOutput", "SVMOutput"}
-
-
-def value(attrs: Dict[str, str], key: str, default=None):
-    """An attribute as a Python value: '(3, 3)' -> (3, 3), 'True' -> True, '1e-05' -> 1e-05."""
-    text = attrs.get(key)
-    if text is None or text == "None":
-        return default
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def tup(attrs, key, default, n=2):
-    v = value(attrs, key, default)
-    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
-    return v if v else (default,) * n
 
 
 def weight_names(op: str, attrs: Dict[str, str]) -> List[str]:
@@ -267,7 +249,6 @@ MAKERS: Dict[str, Callable] = {
 
 
 def make_module(op: str, attrs: Dict[str, str], shapes: Dict[str, tuple]) -> nn.Module:
-    from toolkit.mxnet_import.pooling import Pool
     if op in ("Pooling", "Pooling_v1"):
         return Pool(attrs)
     module = MAKERS[op](attrs, shapes)
