@@ -167,14 +167,41 @@ def _clip(attrs, shapes):
     return Fn(lambda x: x.clamp(lo, hi), f"[{lo}, {hi}]")
 
 
+def reshape_target(dims, shape, reverse=False):
+    """MXNet's Reshape shape codes (src/operator/tensor/matrix_op-inl.h, InferReshapeShape) on an input of
+    `dims`: 0 copies a dimension, -1 is inferred, -2 copies all the rest, -3 merges two, -4 splits one into
+    the next two codes (one of them may be -1); reverse=True reads both right to left."""
+    dims, shape = list(dims), list(shape)
+    if reverse:
+        dims, shape = dims[::-1], shape[::-1]
+    out, i, k = [], 0, 0
+    while k < len(shape):
+        s = shape[k]
+        if s == -2:
+            out.extend(dims[i:])
+            i = len(dims)
+        elif s == -3:
+            out.append(dims[i] * dims[i + 1])
+            i += 2
+        elif s == -4:
+            a, b = shape[k + 1], shape[k + 2]
+            a = dims[i] // b if a == -1 else a
+            b = dims[i] // a if b == -1 else b
+            out.extend([a, b])
+            i, k = i + 1, k + 2
+        else:
+            out.append(dims[i] if s == 0 else s)
+            i += 1
+        k += 1
+    return out[::-1] if reverse else out
+
+
 def _reshape(attrs, shapes):
     shape = tuple(value(attrs, "shape", ()))
-    if value(attrs, "reverse", False) or any(s < -1 for s in shape):
-        raise ValueError(f"Reshape shape={shape} (reverse or codes -2/-3/-4) is not taken")
-
-    def fn(x):  # 0 copies the input's dimension, -1 is inferred
-        return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
-    return Fn(fn, f"shape={shape}")
+    reverse = bool(value(attrs, "reverse", False))
+    if not shape:
+        raise ValueError("Reshape without a shape (the legacy target_shape) is not taken")
+    return Fn(lambda x: x.reshape(reshape_target(x.shape, shape, reverse)), f"shape={shape} reverse={reverse}")
 
 
 def _scalar(fn):
