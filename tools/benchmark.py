@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Benchmarks: `tools/benchmark.py im2rec|imagenet|loader|train|parse-log|checkpoint|gpu ...`; see `--help` of
-each. `gpu` runs every GPU check (tools/gpu_check.sh sets up the environment first and calls it)."""
+"""Benchmarks: `tools/benchmark.py im2rec|imagenet|loader|train|parse-log|checkpoint|gpu|mxnet-import ...`;
+see `--help` of each. `gpu` runs every GPU check (tools/gpu_check.sh sets up the environment first and calls it)."""
 import importlib
 
 import click
 
 # each benchmark is a click command named `cli` in toolkit/benchmarks/<module>.py
-_COMMANDS = {"im2rec": "im2rec", "imagenet": "imagenet", "loader": "loader", "train": "train", "parse-log": "parse_log",
-             "checkpoint": "checkpoint", "gpu": "gpu"}
+_COMMANDS = {"im2rec": "im2rec", "imagenet": "imagenet", "loader": "loader", "train": "train",
+             "parse-log": "parse_log", "checkpoint": "checkpoint", "gpu": "gpu", "mxnet-import": "mxnet_import"}
 
 
 class _LazyGroup(click.Group):

@@ -121,7 +121,10 @@ def cli(images, classes, threads, shards, rounds, data, as_json):
     med = {n: [statistics.median(r[i] for r in rs) for i in range(6)] for n, rs in times.items()}
 
     def rate(i):  # images per second of wall time (i = 0, 3) or of CPU time (i = 2, 5)
-        return (images - small) / max(med[images][i] - med[small][i], 1e-9)
+        if med[images][i] <= med[small][i]:  # the machine's load swamped the difference
+            raise UserError(f"the full run ({images} images) took no longer than the small one ({small}): the "
+                            "machine is too noisy to measure; run again with more --images or --rounds")
+        return (images - small) / (med[images][i] - med[small][i])
     result = {"images": images, "threads": threads, "shards": shards, "rounds": rounds,
               "tar_images_per_s": round(rate(0), 1), "im2rec_images_per_s": round(rate(3), 1),
               "ratio_tar_vs_im2rec": round(rate(0) / rate(3), 2),

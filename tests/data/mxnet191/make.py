@@ -7,7 +7,7 @@ Run it with the oracle's interpreter, from anywhere:
 OUT may be this folder itself (to refresh the committed files) or any other (tests/test_fixtures.py
 writes into a temporary folder and compares with the committed files). Inputs, read from this
 folder and never written: im2rec/imgs/ (tiny images, kept in the repository), gen_recordio.py and
-gen_log.py (the scripts that made the RecordIO and log fixtures). What MXNet writes differently
+gen_log.py (the scripts that made the RecordIO and log fixtures), gen_models.py (the model files). What MXNet writes differently
 on each run: the logs' "Speed: ... samples/sec" and "Time cost=..." figures (wall-clock
 measurements); everything else is deterministic.
 """
@@ -58,6 +58,16 @@ def make_im2rec(out):
     run([IM2REC, "--pass-through", "--pack-label", prefix("ml"), imgs], cwd=dst)
 
 
+def make_models(out):
+    """models/: .params of every layout, small Module checkpoints (and one symbol in MXNet 0.8's keys,
+    sharing mod_resnet18's weights), one graph per operator in models/ops/, with MXNet's outputs."""
+    gen, dst = os.path.join(HERE, "gen_models.py"), os.path.join(out, "models")
+    run([gen, dst, "params_cases,mod_resnet18,legacy_resnet18", "--size", "32"], cwd=out)
+    run([gen, dst, "mod_inception_bn", "--size", "64"], cwd=out)
+    run([gen, os.path.join(dst, "ops"), "ops"], cwd=out)
+    os.remove(os.path.join(dst, "legacy_resnet18-0000.params"))  # the same bytes as mod_resnet18's
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(f"usage: {sys.argv[0]} OUT  (run with .mxnet-venv/bin/python)")
@@ -66,6 +76,7 @@ def main():
     make_recordio(out)
     make_logs(out)
     make_im2rec(out)
+    make_models(out)
 
 
 if __name__ == "__main__":
