@@ -157,3 +157,19 @@ def test_a_signal_during_the_commit_waits_for_the_last_rename_and_a_crash_in_it_
     message = refusal(d)
     assert "s_train-00000.rec (or its .idx): not the size the last packing wrote" in message \
         or "missing, though the last packing wrote it" in message, message
+
+
+def test_a_list_packed_again_by_mxnet_im2rec_after_ours_names_the_stale_record(images, tmp_path):
+    """MXNet's im2rec writes NAME.rec/.idx and no NAME.mean_std.json: ours, of the earlier packing, then
+    lists other sizes. The refusal names the way out that keeps MXNet's files (delete our record),
+    and without it the folder reads as any MXNet-made one."""
+    d = tmp_path / "d"
+    pack(images, d, 1)
+    with open(d / "s_train.rec", "ab") as f:  # MXNet's bytes differ from ours (other encoder)
+        f.write(b"\0" * 8)
+    message = refusal(d)
+    assert "not the size the last packing wrote" in message
+    assert message.endswith("; or, if another tool (MXNet's im2rec) packed it since, delete "
+                            "s_train.mean_std.json (its mean/std are the earlier packing's)")
+    os.remove(d / "s_train.mean_std.json")
+    assert len(discovery.split_files(str(d), "train")) == 1

@@ -12,7 +12,8 @@ Discovery (toolkit/data/discovery.py) and `tools/im2rec.py --verify` read a list
 size, NAME.rec next to NAME-00000.rec, or a gap in the shard numbers, is one line naming the files
 (a crash in the middle of a re-pack leaves such a mixture, never a silently different split). For
 a packing record written before it listed the files, the record count must match; MXNet-made
-folders (no record) get the naming checks only.
+folders (no record) get the naming checks only; a list MXNet's im2rec packed again after ours leaves
+our record stale: the refusal says so (delete the record to keep MXNet's files).
 """
 import glob
 import json
@@ -105,8 +106,14 @@ def problem(name: str) -> Optional[str]:
     if isinstance(images, int) and all(os.path.exists(p) for p in idx) and _count(idx) != images:
         return (f"{_names(recs)} hold {_count(idx)} records, but the last packing of "
                 f"{os.path.basename(name)} wrote {images} ({os.path.basename(name)}{RECORD}): files of an "
-                f"earlier packing are mixed in; {fix}")
+                f"earlier packing are mixed in; {fix}{_other_tool(os.path.basename(name) + RECORD)}")
     return None
+
+
+def _other_tool(record: str) -> str:
+    """The way out when MXNet's own im2rec re-packed the list after ours: our record is then stale."""
+    return (f"; or, if another tool (MXNet's im2rec) packed it since, delete {record} (its mean/std are the "
+            "earlier packing's)")
 
 
 def _against_record(name: str, recs: List[str], listed: List[dict], fix: str) -> Optional[str]:
@@ -125,7 +132,7 @@ def _against_record(name: str, recs: List[str], listed: List[dict], fix: str) ->
                if (e["bytes"], e["idx_bytes"]) != (was.get("bytes"), was.get("idx_bytes"))]
     if changed:
         return (f"{', '.join(changed)} (or its .idx): not the size the last packing wrote ({record}): a "
-                f"re-pack cut short, or a file changed since; {fix}")
+                f"re-pack cut short, or a file changed since; {fix}{_other_tool(record)}")
     return None
 
 
