@@ -210,3 +210,16 @@ def test_the_journal_and_the_sweep_see_every_checkpoint_the_engine_names(tmp_pat
         checkpoint.save(checkpoint.checkpoint_path(ck, "big", epoch, batch), {"epoch": epoch, "batch": batch})
     assert journal.checkpoints(ck, "big") == checkpoint.list_checkpoints(ck, "big")
     assert sorted(journal.checkpoints(ck)["big"]) == [(3, 1234567), (10000, 0)]
+
+
+def test_an_imported_graph_resolved_at_run_time_is_not_a_changed_flag():
+    """Recipe mxnet's graph comes from --init-from when the run starts: a sweep's plan has it empty,
+    the run's record holds it (the checkpoint: the graph; the log: its digest). Not another
+    experiment: a sweep of an imported model started again skips or resumes its runs."""
+    from toolkit.engine.config import identity_differences
+    planned = dataclasses.asdict(make_config("mxnet", init_from="imported.pt"))
+    for recorded_graph in ('{"nodes": []}', "sha256:0123456789abcdef, 14 bytes"):
+        recorded = dict(planned, graph=recorded_graph, mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0])
+        assert identity_differences(planned, recorded) == []
+    other = dict(planned, init_from="other.pt", graph='{"nodes": []}')
+    assert [k for k, _, _ in identity_differences(planned, other)] == ["init_from"]

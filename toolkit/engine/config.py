@@ -141,16 +141,19 @@ def from_dict(d: dict) -> TrainConfig:
 # verbosely it runs, and lr_from_epoch (a resume with a new --lr sets it)
 NOT_IDENTITY = {"prefix", "logs_dir", "checkpoints_dir", "workers", "timeout", "log_every", "keep_last",
                 "loader", "channels_last", "compile", "deterministic", "lr_from_epoch"}
+# resolved at run time when left empty: --mean/--std (the dataset's or the source's), and recipe mxnet's
+# graph (from --init-from, which is compared itself)
+RESOLVED_WHEN_EMPTY = {"mean", "std", "graph"}
 
 
 def identity_differences(planned: dict, recorded: dict) -> list:
     """[(key, planned value, recorded value)] where a planned configuration is another experiment
     than a recorded one (a run's identity: its resolved configuration). Options left to be resolved
-    at run time (None; --mean/--std dataset) and keys the record lacks (older runs) are not compared."""
+    at run time (None; --mean/--std dataset; recipe mxnet's graph) and keys the record lacks (older runs) are not compared."""
     out = []
     for key in sorted(planned):
         want, have = _comparable(key, planned[key]), _comparable(key, recorded.get(key))
-        if key in NOT_IDENTITY or key not in recorded or want is None or (key in ("mean", "std") and not want):
+        if key in NOT_IDENTITY or key not in recorded or want is None or (key in RESOLVED_WHEN_EMPTY and not want):
             continue
         if want != have:
             out.append((key, planned[key], recorded.get(key)))
