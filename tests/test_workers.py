@@ -358,3 +358,25 @@ def test_a_dali_wait_without_a_batch_ends_after_the_timeout():
         assert err.value.message.startswith("DALI gave no batch for 1 s while reading split 'val' of d")
     finally:
         watch.close()
+
+
+def _exit_3():
+    os._exit(3)
+
+
+def test_a_source_worker_forked_by_a_training_process_that_is_itself_a_multiprocessing_child_runs(monkeypatch):
+    """DALI forks its source workers on the CPU; the fork hook (serve_quietly) took the worker's
+    parent from multiprocessing.parent_process(), which in the fresh fork is still the training
+    process's own (the training process started by multiprocessing: a ProcessPoolExecutor of runs,
+    a notebook), so every worker thought its parent gone and left at once with status 0, and DALI
+    waited for it until --timeout."""
+    import multiprocessing
+    from types import SimpleNamespace
+    from toolkit.data.workers import quiet_children
+    grandparent = SimpleNamespace(pid=os.getppid())  # this process's own parent, as a child would see it
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: grandparent)
+    with quiet_children():
+        worker = multiprocessing.get_context("fork").Process(target=_exit_3)
+        worker.start()
+    worker.join(10)
+    assert worker.exitcode == 3

@@ -44,23 +44,25 @@ def worker_init(_worker_id):
     cv2.setNumThreads(1)
 
 
-def watch_owner():
+def watch_owner(owner=None):
     """End this worker within a second of the training process's end, however it ended (SIGKILL by
     the OOM killer or by torchrun after --shutdown-timeout). A loader worker is a child of the fork
     server, and DataLoader's own watchdog checks its parent, the fork server, which in turn lives as
     long as any worker holds its liveness pipe: without this, both outlived the run (holding /dev/shm
     and the records) for good. The owner is multiprocessing's parent_process(), the process that asked
-    for the worker (forkserver and spawn alike); a thread waits on its pidfd."""
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.pid is None:
+    for the worker (forkserver and spawn alike), or the pid `owner`; a thread waits on its pidfd."""
+    if owner is None:
+        parent = multiprocessing.parent_process()
+        owner = parent.pid if parent is not None else None
+    if owner is None:
         return
     try:
-        fd = os.pidfd_open(parent.pid)
+        fd = os.pidfd_open(owner)
     except (AttributeError, OSError):  # no pidfd (old kernel), or the owner is gone already
-        if not _alive(parent.pid):
+        if not _alive(owner):
             os._exit(0)
         fd = None
-    threading.Thread(target=_end_with, args=(parent.pid, fd), name="owner-watch", daemon=True).start()
+    threading.Thread(target=_end_with, args=(owner, fd), name="owner-watch", daemon=True).start()
 
 
 def _alive(pid: int) -> bool:
@@ -86,17 +88,20 @@ def _end_with(pid: int, fd):
     os._exit(0)  # nobody is left to read what this worker would make
 
 
-def die_with_parent():
+def die_with_parent(parent=None):
     """A direct child of the training process (DALI's source workers): the kernel ends it when the
-    training process ends (PR_SET_PDEATHSIG), SIGKILL or not; on systems without it, watch_owner."""
-    owner = multiprocessing.parent_process()
-    parent = owner.pid if owner is not None and owner.pid else os.getppid()
+    training process ends (PR_SET_PDEATHSIG), SIGKILL or not; on systems without it, watch_owner.
+    `parent`: the training process's pid (a fork passes it: there parent_process() is still the
+    training process's own parent until multiprocessing's bootstrap runs)."""
+    if parent is None:
+        owner = multiprocessing.parent_process()
+        parent = owner.pid if owner is not None and owner.pid else os.getppid()
     try:
         import ctypes
         if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
             raise OSError(ctypes.get_errno(), "prctl")
     except (OSError, AttributeError):
-        watch_owner()
+        watch_owner(parent)
         return
     if os.getppid() != parent:  # it ended before the request took effect
         os._exit(0)
@@ -162,7 +167,7 @@ def _first_sigterm(_signum, _frame):
 # --- DALI's external-source workers (toolkit/data/dali_backend.py): the same rule by other means --------
 QUIET = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 GRACE = 10  # seconds a source worker serves on after a first SIGTERM (the stop takes a step or two)
-_starting = False
+_starting = 0  # inside quiet_children: the pid of the process in it
 _exit_hook = False
 
 
@@ -185,21 +190,21 @@ def quiet_children():
     # SIGTERM after its own start: started here first, it leaves the block below alone
     multiprocessing.resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, QUIET)
-    _starting = True
+    _starting = os.getpid()
     try:
         yield
     finally:
-        _starting = False
+        _starting = 0
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def serve_quietly():
+def serve_quietly(parent=None):
     """In a source worker: the loader workers' rule (worker_signals), and the end GRACE s after the
     first SIGTERM: DALI ends its workers with terminate() and then waits without a bound."""
     if threading.current_thread() is not threading.main_thread():
         return
     worker_signals()
-    die_with_parent()
+    die_with_parent(parent)
     signal.signal(signal.SIGTERM, _grace_sigterm)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, QUIET)
 
@@ -214,7 +219,7 @@ def _grace_sigterm(signum, frame):
 
 def _forked():
     if _starting:
-        serve_quietly()
+        serve_quietly(_starting)  # the pid of the process that forked this one
 
 
 os.register_at_fork(after_in_child=_forked)
