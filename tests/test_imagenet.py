@@ -266,3 +266,15 @@ def test_manual_route_words_from_the_devkit_verify_totals_and_evaluate_names_wor
     mapping = lists.read_synset_words(os.path.join(net["kaggle"], "LOC_synset_mapping.txt"))
     assert list(table.columns[:3]) == ["class", "name", "words"]  # a model with a class more: no words
     assert list(table["words"]) == [mapping[w] for w in sorted(mapping)] + [""] and "object" in table["words"][0]
+
+
+def test_other_flags_are_refused_before_the_sources_are_read(net, tar_set, monkeypatch):
+    """ImageNet's tar headers take minutes to read: a set of other flags is refused before that."""
+    from toolkit.imagenet import sources
+
+    def read(*_):
+        raise AssertionError("the sources were read before the flags were compared")
+    monkeypatch.setattr(sources, "open_route", read)
+    _one_line(run("prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", net["devkit"],
+                  "--out", tar_set, *FLAGS[:2], "--num-thread", "1", "--quality", 90, code=2),
+              "holds a finished set of other settings (--quality 95 (now 90))")

@@ -53,6 +53,7 @@ def prepare(train, val, devkit, kaggle, out, resize, quality, pass_through, num_
     Ctrl-C and the same command again continues with the first unfinished shard."""
     opts = im2rec.PackOptions(resize=resize, quality=quality, pass_through=pass_through,
                               num_thread=num_thread, num_shards=num_shards)
+    preparing.check_flags(out, opts)
     try:
         plan = preparing.plan(train, val, devkit, kaggle, out)
         summary = preparing.prepare(plan, opts)

@@ -86,14 +86,24 @@ def _texts(p: Plan):
     return texts
 
 
-def _settings(opts: im2rec.PackOptions, texts) -> dict:
+def _flags(opts: im2rec.PackOptions) -> dict:
     return {"resize": opts.resize, "quality": opts.quality, "pass_through": opts.pass_through,
-            "num_shards": opts.num_shards,
-            "files": {k: hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in sorted(texts.items())}}
+            "num_shards": opts.num_shards}
+
+
+def _settings(opts: im2rec.PackOptions, texts) -> dict:
+    return {**_flags(opts), "files": {k: hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in sorted(texts.items())}}
+
+
+def check_flags(out: str, opts: im2rec.PackOptions):
+    """Before any reading (ImageNet's tar headers take minutes): a set in `out` of other flags, or of
+    another tool, is refused at once; its lists are compared once the sources are read (prepare)."""
+    _check_out(out, _flags(opts))
 
 
 def _check_out(out: str, settings: dict) -> dict:
-    """The recorded state of `out` for these settings; another set there is refused."""
+    """The recorded state of `out` for these settings (without "files": the flags alone are compared);
+    another set there is refused."""
     path = os.path.join(out, STATE)
     if not os.path.exists(path):
         if glob.glob(os.path.join(glob.escape(out), "*.rec")) or os.path.exists(os.path.join(out, "classes.tsv")):
@@ -103,10 +113,10 @@ def _check_out(out: str, settings: dict) -> dict:
     with open(path) as f:
         state = json.load(f)
     old = state.get("settings", {})
-    if old != settings:
+    if {k: old.get(k) for k in settings} != settings:
         diff = [f"--{k.replace('_', '-')} {old.get(k)} (now {settings[k]})" for k in settings
                 if k != "files" and old.get(k) != settings[k]]
-        diff += [f"{k} differs" for k in settings["files"] if old.get("files", {}).get(k) != settings["files"][k]]
+        diff += [f"{k} differs" for k in settings.get("files", {}) if old.get("files", {}).get(k) != settings["files"][k]]
         raise UserError(f"{out} holds a {'finished' if state.get('finished') else 'partly packed'} set of other "
                         f"settings ({'; '.join(diff)}): give another --out, or the same flags and sources to continue")
     return state
