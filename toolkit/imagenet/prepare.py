@@ -173,7 +173,7 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
     total = len(split.paths)
     names = shards.shard_names(prefix, opts.num_shards)
     done = state["shards"].setdefault(name, {})
-    if name not in state.setdefault("committed", []):
+    if name not in state.setdefault("committed", []) and state.get("committing") != name:
         first = 0
         while str(first) in done and all(os.path.exists(_part(names[first] + e)) for e in (".rec", ".idx")):
             first += 1
@@ -192,8 +192,12 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
     if not records:
         raise UserError(f"{split.src}: none of its {total} images could be read (warnings above)")
     if name not in state["committed"]:
-        _commit(prefix, names, sum(np.array(s["acc"]) for s in finished), records)
+        resumed = state.get("committing") == name
+        state["committing"] = name  # recorded first: a commit cut short is finished, not packed again
+        _save(p.out, state)
+        _commit(prefix, names, sum(np.array(s["acc"]) for s in finished), records, resumed)
         state["committed"].append(name)
+        del state["committing"]
         _save(p.out, state)
     kinds = collections.Counter()
     for s in finished:
@@ -202,11 +206,18 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
             "skipped": [w for s in finished for w in s["warnings"]]}
 
 
-def _commit(prefix: str, names: List[str], acc: np.ndarray, records: int):
+def _commit(prefix: str, names: List[str], acc: np.ndarray, records: int, resumed: bool = False):
     """The split's shards, all finished, put in place at once with its packing record (mean/std, the
-    shard set: toolkit/shards.py, as im2rec does): a reader never sees part of a split."""
+    shard set: toolkit/shards.py, as im2rec does): a reader never sees part of a split. `resumed`: a
+    commit was cut short (a Ctrl-C, held until its end, or a kill); shards.commit writes the record
+    first, so where some shards are in place already only the renames are left to do."""
     staged = [(_part(n + ext), n + ext) for n in names for ext in (".rec", ".idx")]  # each .rec first
-    shards.commit(prefix, staged, im2rec.mean_std(acc, records))
+    left = [(tmp, final) for tmp, final in staged if os.path.exists(tmp)]
+    if resumed and len(left) < len(staged):
+        for tmp, final in left:
+            os.replace(tmp, final)
+    else:
+        shards.commit(prefix, staged, im2rec.mean_std(acc, records))
 
 
 _FILES: Dict[str, int] = {}  # tar file -> descriptor, per packing process
