@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.io as tvio
 
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool
 from toolkit import recordio
 from toolkit.data import discovery
 from toolkit.engine import checkpoint, dist, preflight
@@ -84,9 +84,9 @@ def test_train_tool_stops_before_step_0_on_a_label_beyond_num_classes(tmp_path):
     data = tmp_path / "d"
     data.mkdir()
     write(data / "m_train", [0, 1, 9, 1, 0, 1, 0, 1])
-    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--num-classes", "4",
-                    "--image-size", "32", "--batch-size", "2", "--workers", "0",
-                    "--checkpoints-dir", tmp_path / "ck", "--logs-dir", tmp_path / "logs", check=False)
+    proc = invoke_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--num-classes", "4",
+                       "--image-size", "32", "--batch-size", "2", "--workers", "0",
+                       "--checkpoints-dir", tmp_path / "ck", "--logs-dir", tmp_path / "logs", check=False)
     line = one_error_line(proc)
     assert line.endswith(f"Error: {data}/m_train.rec key 2: label 9 is outside 0..3 (1 such records in the "
                          "split); pass --num-classes 10 (or more), or fix the labels")
@@ -101,9 +101,9 @@ def test_an_unwritable_output_folder_is_one_line_before_any_work(tmp_path, flag)
     write(data / "m_train", [0, 1] * 4)
     dirs = {"--checkpoints-dir": tmp_path / "ck", "--logs-dir": tmp_path / "logs"}
     dirs[flag] = tmp_path / "file" / "sub"  # under a file: no folder can be made there (even as root)
-    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--image-size", "32",
-                    "--batch-size", "2", "--workers", "0", "--epochs", "1",
-                    *[str(v) for kv in dirs.items() for v in kv], check=False)
+    proc = invoke_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--image-size", "32",
+                       "--batch-size", "2", "--workers", "0", "--epochs", "1",
+                       *[str(v) for kv in dirs.items() for v in kv], check=False)
     assert one_error_line(proc).endswith(f"Error: {flag} {tmp_path}/file/sub: cannot write there (Not a "
                                          f"directory); choose a writable folder with {flag}")
     assert not list(tmp_path.glob("**/*.pt"))
@@ -134,8 +134,8 @@ def test_evaluate_takes_a_model_with_more_classes_than_classes_tsv(tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg.recipe, **cfg.model_kwargs())
     checkpoint.save(str(tmp_path / "ck" / "m-0001.pt"), {"model": model.state_dict(), "config": dict(vars(cfg))})
-    proc = run_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", "--workers", "0",
-                    "--out-dir", tmp_path / "out", "--json")
+    proc = invoke_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", "--workers", "0",
+                       "--out-dir", tmp_path / "out", "--json")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["images"] == 4 and result["undecodable"] == 0
     names = (tmp_path / "out" / "m-0001-val-per-class.csv").read_text().splitlines()
@@ -144,15 +144,15 @@ def test_evaluate_takes_a_model_with_more_classes_than_classes_tsv(tmp_path):
     with recordio.IndexedRecordWriter(str(data / "m_val.idx"), str(data / "m_val.rec")) as w:
         for k in range(4):
             w.write_idx(k, recordio.pack((0, float(k % 3), k, 0), b"broken" if k == 2 else JPEG))
-    proc = run_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", "--workers", "0",
-                    "--out-dir", tmp_path / "out", "--json")
+    proc = invoke_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", "--workers", "0",
+                       "--out-dir", tmp_path / "out", "--json")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["images"] == 3 and result["undecodable"] == 1
     assert result["undecodable_records"][0].startswith(f"{data}/m_val.rec key 2 offset ")
     assert f"1 undecodable record(s) not counted: {data}/m_val.rec key 2 offset" in proc.stdout
     # a label the model has no output for is the data's fault, named with its record
     write(data / "m_val", [0, 1, 7])
-    line = one_error_line(run_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", check=False))
+    line = one_error_line(invoke_tool("tools/evaluate.py", "--checkpoints-dir", tmp_path / "ck", check=False))
     assert "m_val.rec key 2: label 7 is outside 0..4" in line and "was trained for 5 classes" in line
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool
 from toolkit.engine import checkpoint
 from toolkit.engine.config import from_dict, make_config, override
 from toolkit.engine.evaluation import per_class_table
@@ -151,7 +151,7 @@ def test_per_class_table_from_a_confusion_matrix():
 ])
 def test_user_mistakes_are_one_line_and_exit_2(args, message, tmp_path):
     extra = ["--logs-dir", tmp_path / "logs", "--checkpoints-dir", tmp_path / "ck"] if "train" in args[0] else []
-    proc = run_tool(*args, *extra, check=False)
+    proc = invoke_tool(*args, *extra, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and message in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "Error" in line]
@@ -290,7 +290,7 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path):
     ck = tmp_path / "ck"
     checkpoint.save(checkpoint.checkpoint_path(str(ck), "r", 1), {"epoch": 1})
     before = (ck / "r-0001.pt").read_bytes()
-    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--prefix", "r", "--checkpoints-dir", ck,
+    proc = invoke_tool("tools/train.py", "--recipe", "resnet20", "--prefix", "r", "--checkpoints-dir", ck,
                     "--logs-dir", tmp_path / "logs", "--num-epochs", "3", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -298,7 +298,7 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path):
         "--prefix r, start another with --prefix NAME, or delete them"]
     assert (ck / "r-0001.pt").read_bytes() == before and not (tmp_path / "logs").exists()
     # MXNet's flag names work too: --load-epoch (resume.py), --num-epochs (train.py, above)
-    proc = run_tool("tools/resume.py", "--load-epoch", "7", "--checkpoints-dir", ck, check=False)
+    proc = invoke_tool("tools/resume.py", "--load-epoch", "7", "--checkpoints-dir", ck, check=False)
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr and "epochs saved: 1" in proc.stderr
 
 
@@ -308,7 +308,7 @@ def test_train_and_val_split_flags_choose_the_record_files(tmp_path):
     data.mkdir()
     with recordio.IndexedRecordWriter(str(data / "x_train.idx"), str(data / "x_train.rec")) as w:
         w.write_idx(0, recordio.pack((0, 0.0, 0, 0), b"\xff\xd8"))
-    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--train-split", "trainval",
+    proc = invoke_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--train-split", "trainval",
                     "--checkpoints-dir", tmp_path / "ck", "--logs-dir", tmp_path / "logs", check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(
@@ -320,7 +320,7 @@ def test_a_val_split_the_dataset_lacks_is_one_line_and_exit_2_before_any_work(tm
     """Was a run without validation that ended with status 0."""
     from toolkit import recordio
     from toolkit.engine.config import make_config
-    from toolkit.engine.run import run
+    from toolkit.training import run
     data = tmp_path / "d"
     data.mkdir()
     for split in ("x_train", "x_val"):
@@ -341,7 +341,7 @@ def test_a_val_split_the_dataset_lacks_is_one_line_and_exit_2_before_any_work(tm
 def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_earlier_ones(tmp_path, capsys,
                                                                                       monkeypatch):
     """Was a 50-line traceback (torch's writer says 'unexpected pos' as a RuntimeError)."""
-    from toolkit.engine.run import run
+    from toolkit.training import run
     from toolkit.toy import ensure_toy_dataset
     data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
     real, calls = torch.save, []
@@ -393,7 +393,7 @@ def test_fewer_classes_than_the_dataset_lists_is_one_clear_error(tmp_path):
     data = tmp_path / "d"
     data.mkdir()
     (data / "classes.tsv").write_text("0\ta\n1\tb\n2\tc\n")
-    proc = run_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--num-classes", "2",
+    proc = invoke_tool("tools/train.py", "--recipe", "resnet20", "--data", data, "--num-classes", "2",
                     "--checkpoints-dir", tmp_path / "ck", "--logs-dir", tmp_path / "logs", check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].endswith(
@@ -402,7 +402,7 @@ def test_fewer_classes_than_the_dataset_lists_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--gpus", "--kv-store"])
 def test_mxnet_device_flags_point_to_torchrun(flag, tmp_path):
-    proc = run_tool("tools/train.py", "--recipe", "resnet20", flag, "0,1", "--logs-dir", tmp_path, check=False)
+    proc = invoke_tool("tools/train.py", "--recipe", "resnet20", flag, "0,1", "--logs-dir", tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: Invalid value for '{flag}': '0,1': "
                                                          "processes and devices come from torchrun here")
@@ -434,7 +434,7 @@ def _trainer(tmp_path, stop=None, val=None, state=None, resumed_from=None, steps
 
 
 def test_weights_and_buffers_are_checked_finite_before_any_checkpoint(tmp_path):
-    from toolkit.engine.trainer import NonFiniteLoss
+    from toolkit.engine.bookkeeping import NonFiniteLoss
     trainer, _ = _trainer(tmp_path)
     steps = []
 

@@ -10,7 +10,9 @@ from toolkit.data.discovery import DatasetInfo
 from toolkit.engine.config import make_config
 from toolkit.errors import UserError
 from toolkit.inference import export as ex
-from toolkit.inference.meta import Member, build_eval_model, describe
+from toolkit.engine.meta import describe
+from toolkit.engine.model import build_eval_model
+from toolkit.engine.model import Member
 
 # a tiny network of each family (width, input size)
 FAMILIES = {"resnet18": (0.125, 32), "alexnet": (0.0625, 64), "vgg11_bn": (0.0625, 32),
@@ -78,12 +80,12 @@ def test_export_refuses_a_mismatch(tmp_path, monkeypatch):
                                         ("tools/visualize.py", ["gradcam"]),
                                         ("tools/predict.py", ["x.jpg", "--csv"])])
 def test_an_unwritable_out_is_one_line_before_the_checkpoint_is_read(tool, args, tmp_path):
-    from tests.helpers import run_tool
+    from tests.helpers import invoke_tool
     blocker = tmp_path / "file"
     blocker.write_text("")
     flag = "--csv" if args[-1] == "--csv" else "--out"
     for out in (tmp_path, blocker / "sub" / "x.out"):  # a folder; under a file
         cmd = args + [out] if flag == "--csv" else args + ["--out", out]
-        proc = run_tool(tool, *cmd, "--checkpoints-dir", tmp_path / "none", check=False, timeout=120)
+        proc = invoke_tool(tool, *cmd, "--checkpoints-dir", tmp_path / "none", check=False)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and flag in proc.stderr, proc.stderr

@@ -69,7 +69,8 @@ def test_a_closed_terminal_under_torchrun_still_writes_the_stop_checkpoint(data,
 
 
 def corrupt_in_rank1s_first_batch(data, tmp_path, batch_size=8, seed=3):
-    """A copy of the toy set whose records in rank 1's first training batch (2 ranks) are not images."""
+    """A copy of the toy set whose records in rank 1's first training batch (2 ranks) are not images
+    (the same sizes: a copy, not a new packing)."""
     import shutil
     from toolkit import recordio
     from toolkit.data.sampler import RankBatches
@@ -83,7 +84,9 @@ def corrupt_in_rank1s_first_batch(data, tmp_path, batch_size=8, seed=3):
     with recordio.IndexedRecordWriter(str(out / "toy_train.idx"), str(out / "toy_train.rec")) as w:
         for i, rec in enumerate(records):
             header, payload = recordio.unpack(rec)
-            w.write_idx(int(reader.keys[i]), recordio.pack(header, b"not an image" if i in bad else payload))
+            if i in bad:  # the same length: the packing record (sizes, counts) still holds
+                payload = b"not an image".ljust(len(payload), b"\0")
+            w.write_idx(int(reader.keys[i]), recordio.pack(header, payload))
     return str(out)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision.io as tvio
 
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool, run_tool
 from toolkit import im2rec, lists, recordio, toy, verify
 from toolkit.errors import UserError
 
@@ -37,7 +37,7 @@ def _pixels(payload):
 
 def test_list_mode_reproduces_mxnet_lists(mxnet191, tmp_path):
     imgs = mxnet191 / "im2rec" / "imgs"
-    run_tool(IM2REC, "--list", "--recursive", tmp_path / "data", imgs)
+    invoke_tool(IM2REC, "--list", "--recursive", tmp_path / "data", imgs)
     assert (tmp_path / "data.lst").read_text() == (mxnet191 / "im2rec" / "data.lst").read_text()
     lists.make_lists(str(tmp_path / "split"), str(imgs), recursive=True, chunks=2,
                      train_ratio=0.6, test_ratio=0.2)
@@ -99,7 +99,7 @@ def test_corrupt_image_is_skipped_and_counted(shapes, tmp_path):
     root = tmp_path / "imgs"
     shutil.copytree(shapes, root)
     (root / "circle" / "circle_0003.jpg").write_bytes(b"not a jpeg")
-    run = run_tool(IM2REC, "--list", "--recursive", tmp_path / "c", root)
+    run = invoke_tool(IM2REC, "--list", "--recursive", tmp_path / "c", root)
     run = run_tool(IM2REC, "--num-thread", "2", tmp_path / "c", root)
     assert "circle_0003.jpg" in run.stderr and "23 records" in run.stdout and "1 skipped" in run.stdout
     assert len(_records(str(tmp_path / "c"))) == 23
@@ -107,14 +107,14 @@ def test_corrupt_image_is_skipped_and_counted(shapes, tmp_path):
 
 def test_malformed_list_line_names_file_and_line(shapes, tmp_path):
     (tmp_path / "bad.lst").write_text("0\t1.000000\tcircle/circle_0000.jpg\n1\tcircle/x.jpg\n")
-    run = run_tool(IM2REC, tmp_path / "bad", shapes, check=False)
+    run = invoke_tool(IM2REC, tmp_path / "bad", shapes, check=False)
     assert run.returncode == 2 and "bad.lst:2:" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "bad.rec").exists()
 
 
 def test_out_of_range_jpeg_quality_is_one_clear_error(shapes, tmp_path):
     lists.make_lists(str(tmp_path / "q"), shapes, recursive=True)
-    run = run_tool(IM2REC, "--quality", "150", tmp_path / "q", shapes, check=False)
+    run = invoke_tool(IM2REC, "--quality", "150", tmp_path / "q", shapes, check=False)
     assert run.returncode == 2 and run.stderr.strip() == \
         "Error: --quality 150: JPEG quality runs from 1 to 100 (MXNet's default: 95)"
     assert not (tmp_path / "q.rec").exists()
@@ -144,12 +144,12 @@ def test_verify_reports_truncation_and_rebuilds_missing_index(shapes, tmp_path):
     im2rec.pack_list(str(tmp_path / "v.lst"), shapes, im2rec.PackOptions(pass_through=True))
     idx = (tmp_path / "v.idx").read_bytes()
     os.remove(tmp_path / "v.idx")
-    run = run_tool(IM2REC, "--verify", "--fix-index", tmp_path / "v")
+    run = invoke_tool(IM2REC, "--verify", "--fix-index", tmp_path / "v")
     assert (tmp_path / "v.idx").read_bytes() == idx and "24 records" in run.stdout
     data = (tmp_path / "v.rec").read_bytes()
     last = recordio.read_index(str(tmp_path / "v.idx"))[-1][1]
     (tmp_path / "v.rec").write_bytes(data[:last + 4])  # the last record's header cut in half
-    run = run_tool(IM2REC, "--verify", tmp_path / "v", check=False)
+    run = invoke_tool(IM2REC, "--verify", tmp_path / "v", check=False)
     assert run.returncode == 2 and f"truncated record header at offset {last}" in run.stdout
     (tmp_path / "v.rec").write_bytes(data[:last])  # now the .idx points past the end
     report = verify.verify_rec(str(tmp_path / "v.rec"))
@@ -234,18 +234,18 @@ def test_imagenet_val_labels_follow_the_train_order_or_are_refused(tmp_path):
     (tmp_path / "wnids.txt").write_text("n00000003\nn00000001\nn00000002\n")
     gt = ["--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids", tmp_path / "wnids.txt"]
     # no classes.tsv beside the prefix: the sorted wnids, the train list's order (was: devkit order)
-    proc = run_tool(IM2REC, "--list", *gt, tmp_path / "a" / "val", root)
+    proc = invoke_tool(IM2REC, "--list", *gt, tmp_path / "a" / "val", root)
     assert _val_labels(tmp_path / "a" / "val") == [2, 0, 1, 2] and "sorted wnids" in proc.stdout
     # the train classes.tsv given with --classes (or found beside the prefix) decides
     (tmp_path / "train_classes.tsv").write_text("0\tn00000002\n1\tn00000003\n2\tn00000001\n")
-    run_tool(IM2REC, "--list", *gt, "--classes", tmp_path / "train_classes.tsv", tmp_path / "b" / "val", root)
+    invoke_tool(IM2REC, "--list", *gt, "--classes", tmp_path / "train_classes.tsv", tmp_path / "b" / "val", root)
     assert _val_labels(tmp_path / "b" / "val") == [1, 2, 0, 1]
     shutil.copy(tmp_path / "train_classes.tsv", tmp_path / "b" / "classes.tsv")
-    run_tool(IM2REC, "--list", *gt, tmp_path / "b" / "val2", root)
+    invoke_tool(IM2REC, "--list", *gt, tmp_path / "b" / "val2", root)
     assert _val_labels(tmp_path / "b" / "val2") == [1, 2, 0, 1]
     # without the wnid of each ID the labels would be the devkit's order: refused
-    proc = run_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", tmp_path / "c" / "val", root,
-                    check=False)
+    proc = invoke_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", tmp_path / "c" / "val", root,
+                      check=False)
     assert proc.returncode == 2 and "give --imagenet-id-wnids FILE" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c" / "val.lst").exists()
 
@@ -256,7 +256,7 @@ def test_a_missing_list_mode_file_is_one_line(tmp_path, flag, shapes):
     extra = [] if flag == "--imagenet-val-gt" else ["--imagenet-val-gt", tmp_path / "gt.txt"]
     if flag == "--synsets":
         extra = ["--recursive"]
-    proc = run_tool(IM2REC, "--list", flag, tmp_path / "nope.txt", *extra, tmp_path / "x", shapes, check=False)
+    proc = invoke_tool(IM2REC, "--list", flag, tmp_path / "nope.txt", *extra, tmp_path / "x", shapes, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"Error: {flag} {tmp_path}/nope.txt: file not found"]
     assert not list(tmp_path.glob("x*.lst"))
@@ -267,14 +267,14 @@ def test_synsets_without_class_folders_is_one_line(tmp_path, shapes):
     flat = tmp_path / "flat"
     flat.mkdir()
     shutil.copy(os.path.join(shapes, "circle", "circle_0000.jpg"), flat / "a.jpg")
-    proc = run_tool(IM2REC, "--list", "--synsets", tmp_path / "words.txt", tmp_path / "x", flat, check=False)
+    proc = invoke_tool(IM2REC, "--list", "--synsets", tmp_path / "words.txt", tmp_path / "x", flat, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "Error: --synsets names the classes of class folders: add --recursive"]
     assert not (tmp_path / "x.lst").exists()
 
 
 def test_list_mode_makes_the_prefix_folder(tmp_path, shapes):
-    run_tool(IM2REC, "--list", "--recursive", tmp_path / "new" / "deeper" / "set", shapes)
+    invoke_tool(IM2REC, "--list", "--recursive", tmp_path / "new" / "deeper" / "set", shapes)
     assert (tmp_path / "new" / "deeper" / "set.lst").exists() and (tmp_path / "new" / "deeper" / "classes.tsv").exists()
 
 
@@ -283,7 +283,7 @@ def test_packing_where_every_image_fails_exits_2_and_leaves_no_records(tmp_path)
     root.mkdir()
     for k in range(6):
         (root / f"{k}.jpg").write_bytes(b"not an image")
-    run_tool(IM2REC, "--list", tmp_path / "bad", root)
+    invoke_tool(IM2REC, "--list", tmp_path / "bad", root)
     proc = run_tool(IM2REC, tmp_path / "bad", root, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -314,12 +314,12 @@ def test_imagenet_val_labels_from_all_of_meta_mat_or_a_per_image_list(tmp_path):
     root = _val_folder(tmp_path)
     (tmp_path / "gt.txt").write_text("1\n2\n3\n1\n")
     (tmp_path / "all.txt").write_text("n00000003\nn00000001\nn00000002\nn00000000\nn00000009\n")
-    run_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids",
-             tmp_path / "all.txt", tmp_path / "a" / "val", root)
+    invoke_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids",
+               tmp_path / "all.txt", tmp_path / "a" / "val", root)
     assert _val_labels(tmp_path / "a" / "val") == [2, 0, 1, 2]
     (tmp_path / "per_image.txt").write_text("n00000003\nn00000001\nn00000002\nn00000003\n")
-    proc = run_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids",
-                    tmp_path / "per_image.txt", tmp_path / "b" / "val", root, check=False)
+    proc = invoke_tool(IM2REC, "--list", "--imagenet-val-gt", tmp_path / "gt.txt", "--imagenet-id-wnids",
+                      tmp_path / "per_image.txt", tmp_path / "b" / "val", root, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "n00000003 on lines 1 and 4" in proc.stderr and not (tmp_path / "b" / "val.lst").exists()
 

@@ -16,13 +16,13 @@ from toolkit.engine import checkpoint
 from toolkit.engine.config import make_config
 from toolkit.engine.dist import DistEnv
 from toolkit.engine.evaluation import run_evaluation
-from toolkit.engine.run import resume, run
-from toolkit.engine.trainer import make_eval_loader
+from toolkit.training import resume, run
+from toolkit.engine.passes import make_eval_loader
 from toolkit.errors import UserError
 from toolkit.inference import predict
 from toolkit.inference.average import run_average
 from toolkit.inference.ensemble import expand_members, run_ensemble_evaluation
-from toolkit.inference.meta import load_member
+from toolkit.engine.model import load_member
 from toolkit.lists import read_list
 from toolkit.toy import ensure_toy_dataset
 

@@ -199,10 +199,10 @@ def test_cli_table_markdown_csv_and_plot(folder):
 
 
 def test_run_records_how_it_ended_and_leaves_another_runs_file(tmp_path, monkeypatch):
-    """toolkit/engine/run.py's status file: failed with the exit status; a fresh run that refuses an
+    """toolkit/training.py's status file: failed with the exit status; a fresh run that refuses an
     existing prefix leaves that run's file as it was."""
     from toolkit.engine.config import make_config
-    from toolkit.engine.run import run
+    from toolkit.training import run
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     cfg = make_config("resnet18", data=str(tmp_path / "no_data"), logs_dir=str(tmp_path / "logs"),

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import toolkit.logparse as lp
+import toolkit.logscan as lp  # the line reader: its fast path
 from tests.conftest import REPO
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool, run_tool
 from toolkit.benchmarks.oracle import mxnet_tool
 from toolkit.errors import UserError
 from toolkit.logparse import mxnet_markdown, parse_logs
@@ -225,10 +225,10 @@ def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     common = ["--logs-dir", d / "logs", "--checkpoints-dir", d / "ck", "--prefix", "s", "--epochs", "2",
               "--batch-size", "64", "--log-every", "10"]
-    run_tool("tools/train.py", "--recipe", "resnet18", "--width", "0.25", "--image-size", "32",
-             "--min-crop-scale", "0.35", "--lr-step-epochs", "1", *common, timeout=300)
+    invoke_tool("tools/train.py", "--recipe", "resnet18", "--width", "0.25", "--image-size", "32",
+                "--min-crop-scale", "0.35", "--lr-step-epochs", "1", *common)  # in this process
     shutil.copy(d / "logs" / "s.log", d / "first.log")
-    run_tool("tools/resume.py", "--epoch", "1", "--lr", "0.003", *common, timeout=300)
+    invoke_tool("tools/resume.py", "--epoch", "1", "--lr", "0.003", *common)
     return d
 
 
@@ -280,7 +280,7 @@ def test_markdown_equals_mxnet_parse_log(run, mxnet191, mxnet_python, tmp_path):
     mx_tool = mxnet_tool(mxnet_python, "parse_log.py")
     for log in (run / "first.log", mxnet191 / "logs" / "module_training_0.log", mxnet191 / "logs" / "module_training_2.log"):
         theirs = subprocess.run([mxnet_python, mx_tool, str(log)], capture_output=True, text=True, check=True).stdout
-        ours = run_tool(PLOT_LOG, log, "--format", "markdown", "--out", tmp_path / "x.png").stdout
+        ours = invoke_tool(PLOT_LOG, log, "--format", "markdown", "--out", tmp_path / "x.png").stdout
         assert ours == theirs and theirs.count("\n") >= 4
         assert mxnet_markdown(parse_logs([log]).epochs) + "\n" == theirs
 
@@ -289,7 +289,7 @@ def test_markdown_equals_mxnet_parse_log(run, mxnet191, mxnet_python, tmp_path):
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, run, args):
     (tmp_path / "empty.log").write_text("")
     shutil.copy(run / "first.log", tmp_path / "s.log")
-    proc = run_tool(PLOT_LOG, *args, check=False, cwd=tmp_path)
+    proc = invoke_tool(PLOT_LOG, *args, check=False, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr
 

@@ -163,6 +163,16 @@ def test_tool_missing_files_and_not_params(tmp_path):
     assert not (tmp_path / "o.pt").exists()
 
 
+def test_gluon_save_parameters_alone_says_how_to_export(tmp_path):
+    """net.save_parameters writes weights and no symbol: say so and how to get one, not 'not found'."""
+    shutil.copy(MODELS / "ops" / "conv_no_bias-0000.params", tmp_path / "net.params")
+    for prefix in (tmp_path / "net", tmp_path / "net.params"):
+        result = invoke([prefix, "--epoch", "0", "--out", tmp_path / "o.pt"])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "weights without a graph" in result.output and "net.export(PREFIX, 0)" in result.output
+    assert not (tmp_path / "o.pt").exists()
+
+
 def test_pick_another_output_by_name(tmp_path):
     prefix = broken_copy(tmp_path, lambda d: None)
     state, model, _ = import_mxnet(str(prefix), 0, output="stage4_unit2_conv2_output", image_size=32)
@@ -192,7 +202,7 @@ def test_checkpoint_is_ours_with_the_graph_as_data(imported):
 
 def test_predict_and_export_take_it(imported, tmp_path):
     from toolkit.inference.export import export
-    from toolkit.inference.meta import load_member
+    from toolkit.engine.model import load_member
     member = load_member(str(imported))
     x, want = np.load(MODELS / "mod_resnet18-input.npy"), np.load(MODELS / "mod_resnet18-logits.npy")
     with torch.no_grad():

@@ -10,11 +10,12 @@ import torch
 
 from toolkit.data import dataset_info
 from toolkit.engine import checkpoint
-from toolkit.engine import trainer as trainer_mod
+from toolkit.engine import passes as trainer_mod  # the run's loaders (build_loader)
 from toolkit.engine.config import make_config
 from toolkit.errors import UserError
-from toolkit.inference import meta as meta_mod
-from toolkit.inference.meta import describe, load_member
+from toolkit.engine import meta as meta_mod
+from toolkit.engine.meta import describe
+from toolkit.engine.model import load_member
 from toolkit.registry import build_model
 from toolkit.toy import ensure_toy_dataset
 
@@ -170,7 +171,7 @@ def test_later_list_numbers_by_the_datasets_class_map(toy, tmp_path):
 
 def test_evaluate_and_resume_refuse_another_class_map(toy, tmp_path):
     from toolkit.engine.evaluation import run_evaluation
-    from toolkit.engine.run import resume
+    from toolkit.training import resume
     data = tmp_path / "data"
     shutil.copytree(toy, data)
     write_checkpoint(tmp_path / "ck", str(data), epochs=3)

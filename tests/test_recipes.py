@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool, run_tool
 from toolkit import layers, registry
 from toolkit.errors import UserError
 from toolkit.summary import summarize
@@ -131,5 +131,5 @@ def test_summary_tool_json_and_errors():
     model = registry.build_model("resnet20", act="prelu")
     assert info["params"] == _params(model) and info["image_size"] == 32 and info["macs"] > 4e7
     assert "layers.0.branch.0.0" in run.stdout
-    bad = run_tool("tools/summary.py", "--recipe", "resnet20", "--act", "gelu", check=False)
+    bad = invoke_tool("tools/summary.py", "--recipe", "resnet20", "--act", "gelu", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "gelu" in bad.stderr

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 from toolkit import journal, sweep
 from toolkit.engine import checkpoint
 from toolkit.engine.config import make_config
-from toolkit.engine.run import resume, run
+from toolkit.training import resume, run
 from toolkit.toy import ensure_toy_dataset
 
 TINY = dict(image_size=32, batch_size=16, workers=0, log_every=100, lr=0.05, lr_schedule="constant")

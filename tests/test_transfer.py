@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from tests.helpers import run_tool
+from tests.helpers import invoke_tool, run_tool
 from toolkit import toy
 from toolkit.engine.config import make_config
 from toolkit.engine.optim import build_optimizer
@@ -218,7 +218,7 @@ def test_linear_classifier_on_separable_features(tmp_path):
     assert result["rank1"] > 0.95 and result["rank5"] == 1.0 and result["C"] in (0.1, 1.0)
     assert result["macro_f1"] > 0.95 and result["val_images"] == 120
     assert "precision" in out.stdout and "chosen C=" in out.stdout
-    bad = run_tool("tools/train_linear.py", tmp_path / "nothere", "--val", tmp_path / "val", check=False)
+    bad = invoke_tool("tools/train_linear.py", tmp_path / "nothere", "--val", tmp_path / "val", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nothere.npy: not found" in bad.stderr
 
 
@@ -242,7 +242,7 @@ def test_checkpoint_meta_carries_the_runs_mean_std_not_the_datasets(tmp_path):
     """A fine-tuned run normalises with the source's mean/std (or --mean/--std): its checkpoints'
     meta, which predict and export read, must say so (it said the dataset's)."""
     from toolkit.engine.config import make_config
-    from toolkit.inference.meta import describe
+    from toolkit.engine.meta import describe
     from toolkit.toy import ensure_toy_dataset
     data = ensure_toy_dataset(str(tmp_path / "toy"), images_per_class=2, quiet=True)
     cfg = make_config("resnet20", data=data, image_size=32, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))

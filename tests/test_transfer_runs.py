@@ -124,13 +124,14 @@ from toolkit.engine.config import make_config
 from toolkit.engine.logs import setup_logging
 from toolkit.engine.preflight import settle_num_classes
 from toolkit.engine.trainer import Trainer
+from toolkit.transfer.hook import Transfer
 data, source, out = sys.argv[1:4]
 env = dist.setup()
 log = setup_logging(out + "/r.log", env.main)
 cfg = settle_num_classes(make_config("resnet20", image_size=32, batch_size=8, workers=0, seed=4, data=data,
                           init_from=source, freeze_epochs=1, epochs=2, lr=0.05, prefix="r", logs_dir=out,
                           checkpoints_dir=out), env, log)
-trainer = Trainer(cfg, env, log)
+trainer = Trainer(cfg, env, log, hook=Transfer)
 trainer.fit()
 flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 every = [torch.zeros_like(flat) for _ in range(env.world)]

@@ -17,7 +17,8 @@ from tests.helpers import run_tool
 from toolkit import toy
 from toolkit.data import open_split
 from toolkit.data.sampler import RankBatches
-from toolkit.data.torch_backend import RecordDataset, build_transform
+from toolkit.data.torch_backend import RecordDataset
+from toolkit.data.transforms import build_transform
 from toolkit.visualize import figures, heatmaps
 from toolkit.visualize.augment import draws
 from toolkit.visualize.images import box_masks, eval_views, gather, read_boxes

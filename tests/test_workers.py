@@ -329,7 +329,7 @@ def test_a_dali_source_worker_killed_ends_the_wait_with_one_line_naming_it():
     """DALI waited for good for a SIGKILLed source worker (issue 22 item 6): the watch interrupts
     the main thread's wait with the one line."""
     import multiprocessing
-    from toolkit.data.workers import SourceWatch
+    from toolkit.data.source_watch import SourceWatch
     worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
     worker.start()
     watch = SourceWatch([worker], timeout=30, what="split 'train' of d")
@@ -347,7 +347,7 @@ def test_a_dali_source_worker_killed_ends_the_wait_with_one_line_naming_it():
 
 
 def test_a_dali_wait_without_a_batch_ends_after_the_timeout():
-    from toolkit.data.workers import SourceWatch
+    from toolkit.data.source_watch import SourceWatch
     watch = SourceWatch([], timeout=1, what="split 'val' of d")
     try:
         time.sleep(1.5)  # not waiting for a batch: no bound runs

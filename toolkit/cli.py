@@ -2,6 +2,8 @@
 resume.py, evaluate.py)."""
 import click
 
+from toolkit.rules import rule
+
 ACTIVATIONS = ("relu", "prelu", "elu", "leaky_relu", "silu", "tanh")
 BN_PLACEMENTS = ("before", "after", "none")
 INITIALIZERS = ("he_normal", "he_uniform", "xavier_normal", "xavier_uniform",
@@ -13,8 +15,8 @@ LOADERS = ("auto", "dali", "torch")
 
 # flag -> keyword of build_model(); None means "the recipe's default"
 _MODEL_FLAGS = [
-    click.option("--image-size", type=click.IntRange(min=1), default=None, help="Input size (pixels)."),
-    click.option("--num-classes", type=click.IntRange(min=1), default=None,
+    click.option("--image-size", type=rule("image_size").click_type(), default=None, help="Input size (pixels)."),
+    click.option("--num-classes", type=rule("num_classes").click_type(), default=None,
                  help="Classes (default: from the dataset's classes file, else 1000)."),
     click.option("--act", type=click.Choice(ACTIVATIONS), default=None, help="Activation."),
     click.option("--bn", type=click.Choice(BN_PLACEMENTS), default=None,
@@ -22,9 +24,9 @@ _MODEL_FLAGS = [
     click.option("--init", type=click.Choice(INITIALIZERS), default=None,
                  help="Weight initializer (gain matched to the activation)."),
     click.option("--bias-init", type=float, default=None, help="Constant for biases."),
-    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+    click.option("--dropout", type=rule("dropout").click_type(), default=None,
                  help="Dropout rate."),
-    click.option("--width", type=click.FloatRange(0, min_open=True), default=None,
+    click.option("--width", type=rule("width").click_type(), default=None,
                  help="Width multiplier on every layer's channels."),
 ]
 MODEL_KEYS = ("image_size", "num_classes", "act", "bn", "init", "bias_init", "dropout", "width")
@@ -66,37 +68,37 @@ _TRAIN_FLAGS = [
     click.option("--data", default=None, help="Dataset folder (tools/im2rec.py output). Default: the toy set."),
     click.option("--train-split", default=None, help="Split to train on (NAME_train.rec, train-00000.rec, ...)."),
     click.option("--val-split", default=None, help="Split to validate on."),
-    click.option("--epochs", "--num-epochs", "epochs", type=click.IntRange(min=1), default=None,
+    click.option("--epochs", "--num-epochs", "epochs", type=rule("epochs").click_type(), default=None,
                  help="Train until this many epochs (MXNet: --num-epochs)."),
-    click.option("--batch-size", "-b", type=click.IntRange(min=1), default=None, help="Images per process."),
-    click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Learning rate."),
+    click.option("--batch-size", "-b", type=rule("batch_size").click_type(), default=None, help="Images per process."),
+    click.option("--lr", type=rule("lr").click_type(), default=None, help="Learning rate."),
     click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None),
-    click.option("--momentum", "--mom", type=click.FloatRange(min=0), default=None),
+    click.option("--momentum", "--mom", type=rule("momentum").click_type(), default=None),
     click.option("--nesterov/--no-nesterov", default=None),
-    click.option("--weight-decay", "--wd", type=click.FloatRange(min=0), default=None),
+    click.option("--weight-decay", "--wd", type=rule("weight_decay").click_type(), default=None),
     click.option("--wd-on-bn-bias/--no-wd-on-bn-bias", default=None,
                  help="Weight decay on BatchNorm and bias parameters too (default: no)."),
     click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=None),
     click.option("--lr-step-epochs", callback=_csv_floats, default=None,
                  help="multistep: epochs where the LR drops (30,60); step: the period (30)."),
-    click.option("--lr-factor", type=click.FloatRange(min=0, min_open=True), default=None,
+    click.option("--lr-factor", type=rule("lr_factor").click_type(), default=None,
                  help="LR multiplier at each step."),
-    click.option("--poly-power", type=click.FloatRange(min=0, min_open=True), default=None),
-    click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None),
-    click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None),
-    click.option("--grad-accum", type=click.IntRange(min=1), default=None, help="Batches per optimizer step."),
+    click.option("--poly-power", type=rule("poly_power").click_type(), default=None),
+    click.option("--warmup-epochs", type=rule("warmup_epochs").click_type(), default=None),
+    click.option("--label-smoothing", type=rule("label_smoothing").click_type(), default=None),
+    click.option("--grad-accum", type=rule("grad_accum").click_type(), default=None, help="Batches per optimizer step."),
     click.option("--loader", type=click.Choice(LOADERS), default=None),
-    click.option("--workers", "-j", type=click.IntRange(min=0), default=None,
+    click.option("--workers", "-j", type=rule("workers").click_type(), default=None,
                  help="Loader workers/threads per process."),
-    click.option("--timeout", type=click.FloatRange(min=1), default=None,
+    click.option("--timeout", type=rule("timeout").click_type(), default=None,
                  help="Seconds a loader worker or another rank may stay silent before the run ends with "
                       "one line naming it (300; raise it for slow network file systems)."),
-    click.option("--min-crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None,
+    click.option("--min-crop-scale", type=rule("min_crop_scale").click_type(), default=None,
                  help="Smallest area of RandomResizedCrop (0.08 for ImageNet)."),
-    click.option("--eval-resize", type=click.IntRange(min=1), default=None,
+    click.option("--eval-resize", type=rule("eval_resize").click_type(), default=None,
                  help="Shorter side before the eval centre crop (default 256/224 of the image size)."),
-    click.option("--color-jitter", type=click.FloatRange(min=0), default=None),
-    click.option("--pca-lighting", type=click.FloatRange(min=0), default=None, help="AlexNet PCA lighting std (0.1)."),
+    click.option("--color-jitter", type=rule("color_jitter").click_type(), default=None),
+    click.option("--pca-lighting", type=rule("pca_lighting").click_type(), default=None, help="AlexNet PCA lighting std (0.1)."),
     click.option("--amp", type=click.Choice(AMP), default=None, help="Mixed precision."),
     click.option("--channels-last/--no-channels-last", default=None),
     click.option("--compile/--no-compile", default=None, help="torch.compile the model."),
@@ -104,12 +106,12 @@ _TRAIN_FLAGS = [
     click.option("--deterministic/--no-deterministic", default=None,
                  help="Deterministic GPU kernels (cuDNN, cuBLAS, torch's), for runs bit-identical across "
                       "a stop and resume on GPUs; slower."),
-    click.option("--seed", type=click.IntRange(min=0), default=None),
+    click.option("--seed", type=rule("seed").click_type(), default=None),
     click.option("--prefix", default=None, help="Run name: logs/PREFIX.log, checkpoints/PREFIX-NNNN.pt."),
     click.option("--logs-dir", default=None),
     click.option("--checkpoints-dir", default=None),
-    click.option("--log-every", type=click.IntRange(min=1), default=None, help="Batches between log lines."),
-    click.option("--keep-last", type=click.IntRange(min=0), default=None, help="Epoch checkpoints to keep (0: all)."),
+    click.option("--log-every", type=rule("log_every").click_type(), default=None, help="Batches between log lines."),
+    click.option("--keep-last", type=rule("keep_last").click_type(), default=None, help="Epoch checkpoints to keep (0: all)."),
 ]
 
 
@@ -141,7 +143,7 @@ _TRANSFER_FLAGS = [
     click.option("--mean", callback=_rgb, default=None, metavar="R,G,B|dataset",
                  help="Normalisation mean, 0-255 (default: the source's with --init-from, else the dataset's)."),
     click.option("--std", callback=_rgb, default=None, metavar="R,G,B|dataset", help="Normalisation std, 0-255."),
-    click.option("--freeze-epochs", type=click.IntRange(min=0), default=None,
+    click.option("--freeze-epochs", type=rule("freeze_epochs").click_type(), default=None,
                  help="Epochs in which only the head learns (body and its BatchNorm statistics frozen)."),
     click.option("--freeze-until", default=None, metavar="LAYER",
                  help="Keep the layers up to LAYER frozen for the whole run (names: tools/extract_features.py "
@@ -149,7 +151,7 @@ _TRANSFER_FLAGS = [
     click.option("--new-head/--keep-head", default=None,
                  help="With --init-from: a new head even when the source's fits (other classes of the same "
                       "number); default: keep a head that fits."),
-    click.option("--head-lr-mult", type=click.FloatRange(min=0, min_open=True), default=None,
+    click.option("--head-lr-mult", type=rule("head_lr_mult").click_type(), default=None,
                  help="The head's learning rate as a multiple of --lr."),
 ]
 

@@ -23,8 +23,9 @@ _CONTEXT = None
 NO_MAIN_GUARD = 86
 
 
-def context():
-    """The multiprocessing context for worker processes (a fork server; spawn where there is none)."""
+def context(at_exit=None):
+    """The multiprocessing context for worker processes (a fork server; spawn where there is none).
+    `at_exit`: run at exit, before multiprocessing's own exit hook, once the fork server started."""
     global _CONTEXT
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         _refuse_in_worker()
@@ -32,13 +33,13 @@ def context():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _CONTEXT = multiprocessing.get_context("forkserver")
             _CONTEXT.set_forkserver_preload(PRELOAD)
-            _start_ignoring_ctrl_c()
+            _start_ignoring_ctrl_c(at_exit)
         else:
             _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT
 
 
-def _start_ignoring_ctrl_c():
+def _start_ignoring_ctrl_c(at_exit=None):
     """Start the fork server with SIGINT ignored (kept across its exec): a terminal's Ctrl-C reaches
     the whole process group, and would otherwise interrupt the server's imports with a traceback.
     Its children inherit that: loader workers leave Ctrl-C to the training process anyway."""
@@ -54,10 +55,10 @@ def _start_ignoring_ctrl_c():
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     # workers ignore a first SIGTERM (toolkit/data/workers.py), so multiprocessing's own exit hook
-    # (SIGTERM, then join without a bound) would wait for live persistent workers: end them first
-    # (atexit runs this before multiprocessing's hook, registered earlier)
-    from toolkit.data.workers import end_workers
-    atexit.register(end_workers)
+    # (SIGTERM, then join without a bound) would wait for live persistent workers: the caller's
+    # at_exit ends them first (atexit runs it before multiprocessing's hook, registered earlier)
+    if at_exit is not None:
+        atexit.register(at_exit)
 
 
 def _refuse_in_worker():

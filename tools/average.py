@@ -10,6 +10,7 @@ import sys
 import click
 
 from toolkit.inference.average import run_average
+from toolkit.rules import rule
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -21,8 +22,8 @@ from toolkit.inference.average import run_average
 @click.option("--data", default=None, help="Dataset folder; default: the one the run trained on.")
 @click.option("--bn-batches", type=click.IntRange(min=1), default=None,
               help="Batches of the BatchNorm pass; default: one epoch of the training split.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Default: the run's.")
+@click.option("--batch-size", type=rule("batch_size").click_type(), default=None, help="Default: the run's.")
+@click.option("--workers", type=rule("workers").click_type(), default=None, help="Default: the run's.")
 def main(**kwargs):
     run_average(**kwargs)
     sys.exit(0)

@@ -13,11 +13,12 @@ from toolkit.cli import LOADERS, JsonCommand, json_options
 from toolkit.engine.evaluation import run_evaluation
 from toolkit.errors import UserError
 from toolkit.inference.ensemble import expand_members, run_ensemble_evaluation
+from toolkit.rules import rule
 
 
 @click.command(cls=JsonCommand, context_settings={"max_content_width": 100})
 @click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
-@click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
+@click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
               help="Evaluate PREFIX-NNNN.pt; default: the newest checkpoint.")
 @click.option("--ensemble", multiple=True, metavar="P1:E1 P2:E2 ...",
               help="Evaluate the mean softmax of these checkpoints (PREFIX:EPOCH or a .pt path), "
@@ -26,10 +27,10 @@ from toolkit.inference.ensemble import expand_members, run_ensemble_evaluation
 @click.option("--data", default=None, help="Dataset folder; default: the one the run trained on.")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate (val, test, ...).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over 10 crops (corners, centre, flips).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per process.")
+@click.option("--batch-size", type=rule("batch_size").click_type(), default=None, help="Images per process.")
 @click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+@click.option("--workers", type=rule("workers").click_type(), default=2, show_default=True)
+@click.option("--timeout", type=rule("timeout").click_type(), default=300, show_default=True,
               help="Seconds a loader worker or another rank may stay silent before the run ends with one line.")
 @click.option("--out-dir", default=None, help="Where the CSVs go; default: the run's logs folder.")
 @json_options

@@ -11,7 +11,9 @@ import sys
 import click
 
 from toolkit.inference.export import FORMATS, default_out, export, require_onnx
-from toolkit.inference.meta import load_member, resolve
+from toolkit.engine.model import load_member
+from toolkit.inference.meta import resolve
+from toolkit.rules import rule
 
 
 @click.command(context_settings={"max_content_width": 100})
@@ -19,7 +21,7 @@ from toolkit.inference.meta import load_member, resolve
               help="onnx (torch.onnx dynamo exporter) or exported-program (torch.export, .pt2).")
 @click.option("--out", default=None, help="Output file; default: exports/CHECKPOINT.onnx or .pt2.")
 @click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
-@click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
+@click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
               help="Export PREFIX-NNNN.pt; default: the newest checkpoint.")
 @click.option("--checkpoint", "checkpoint_path", default=None, help="A checkpoint file (instead of --prefix/--epoch).")
 @click.option("--checkpoints-dir", default="checkpoints", show_default=True)

@@ -15,12 +15,13 @@ import sys
 import click
 
 from toolkit.cli import LOADERS, model_options
+from toolkit.rules import rule
 from toolkit.transfer.features import run_extraction
 
 
 @click.command(context_settings={"max_content_width": 100})
 @click.option("--prefix", default=None, help="Run name of the checkpoint (may be left out when the folder holds one run).")
-@click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
+@click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
               help="Checkpoint PREFIX-NNNN.pt; default: the newest.")
 @click.option("--checkpoints-dir", default="checkpoints", show_default=True)
 @click.option("--init-from", default=None, metavar="SOURCE",
@@ -34,9 +35,9 @@ from toolkit.transfer.features import run_extraction
               help="Spatial outputs: average over height and width, or flatten.")
 @click.option("--out", default=None, help="Output path stem: OUT.npy, OUT.labels.npy, OUT.ids.npy, OUT.json.")
 @click.option("--list-layers", is_flag=True, help="Print the layer names and output shapes, and exit.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per process.")
+@click.option("--batch-size", type=rule("batch_size").click_type(), default=64, show_default=True, help="Images per process.")
 @click.option("--loader", type=click.Choice(LOADERS), default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--workers", type=rule("workers").click_type(), default=2, show_default=True)
 @model_options
 def main(**kwargs):
     sys.exit(run_extraction(**kwargs))

@@ -17,12 +17,13 @@ import click
 from toolkit.cli import JsonCommand, json_options
 from toolkit.inference.ensemble import expand_members
 from toolkit.inference.predict import run
+from toolkit.rules import rule
 
 
 @click.command(cls=JsonCommand, context_settings={"max_content_width": 100})
 @click.argument("inputs", nargs=-1)
 @click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run).")
-@click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
+@click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
               help="Use PREFIX-NNNN.pt; default: the newest checkpoint.")
 @click.option("--checkpoint", "checkpoint_path", default=None, help="A checkpoint file (instead of --prefix/--epoch).")
 @click.option("--ensemble", multiple=True, metavar="P1:E1 P2:E2 ...",
@@ -35,13 +36,13 @@ from toolkit.inference.predict import run
               help="Folder the paths of a .lst are relative to (default: the list's).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--csv", "csv_path", default=None, help="Write path, class1, prob1, ... per image to this CSV.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per process.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Decoding processes.")
+@click.option("--batch-size", type=rule("batch_size").click_type(), default=64, show_default=True, help="Images per process.")
+@click.option("--workers", type=rule("workers").click_type(), default=2, show_default=True, help="Decoding processes.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over 10 crops (corners, centre, flips).")
 @click.option("--amp", type=click.Choice(("auto", "off", "bf16", "fp16")), default="auto", show_default=True,
               help="Mixed precision (auto: bf16 on a GPU, off on the CPU).")
 @click.option("--channels-last/--no-channels-last", default=None, help="Default: on a GPU.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+@click.option("--timeout", type=rule("timeout").click_type(), default=300, show_default=True,
               help="Seconds a decoding worker or another rank may stay silent before the run ends with one line.")
 @click.option("--quiet", is_flag=True, help="No table on the terminal (the CSV/JSON only).")
 @json_options

@@ -16,11 +16,12 @@ import sys
 import click
 
 from toolkit.cli import train_options
-from toolkit.engine.run import resume
+from toolkit.rules import rule
+from toolkit.training import resume
 
 
 @click.command(context_settings={"max_content_width": 100})
-@click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
+@click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
               help="Resume from PREFIX-NNNN.pt (completed epochs; MXNet: --load-epoch); "
                    "default: the newest checkpoint.")
 @click.option("--list", "show", is_flag=True,

@@ -14,7 +14,7 @@ import click
 
 from toolkit.cli import model_options, train_options, transfer_options
 from toolkit.engine.config import make_config
-from toolkit.engine.run import run
+from toolkit.training import run
 
 
 @click.command(context_settings={"max_content_width": 100})

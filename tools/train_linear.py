@@ -13,6 +13,7 @@ features' OUT.json), with a note when the chosen C is at the grid's edge. --json
 import click
 
 from toolkit.cli import JsonCommand, emit_json, json_options
+from toolkit.rules import rule
 from toolkit.transfer.linear import GRID, fit_and_score, report, summary
 
 
@@ -33,7 +34,7 @@ def _grid(ctx, param, value):
               help="Inverse regularisation strengths to try.")
 @click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Part of the training features held out to choose C.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=rule("seed").click_type(), default=0, show_default=True)
 @json_options
 def main(train, val, c_grid, holdout, seed, as_json, json_file):
     if json_file:

@@ -21,6 +21,7 @@ import click
 
 from toolkit.engine.preflight import not_an_input, writable_file
 from toolkit.errors import UserError
+from toolkit.rules import rule
 from toolkit.visualize import augment as augment_mod
 from toolkit.visualize import figures, filters as filters_mod, heatmaps, layers, mistakes
 from toolkit.visualize.images import gather
@@ -28,7 +29,7 @@ from toolkit.visualize.run import load_run
 
 _RUN_OPTIONS = [
     click.option("--prefix", default=None, help="Run name (may be left out when the folder holds one run)."),
-    click.option("--epoch", "--load-epoch", "epoch", type=click.IntRange(min=0), default=None,
+    click.option("--epoch", "--load-epoch", "epoch", type=rule("epoch").click_type(), default=None,
                  help="Use PREFIX-NNNN.pt; default: the newest checkpoint."),
     click.option("--checkpoints-dir", default="checkpoints", show_default=True),
     click.option("--out-dir", "--logs-dir", "logs_dir", default=None,
@@ -38,7 +39,7 @@ _RUN_OPTIONS = [
     click.option("--out", default=None, metavar="PNG",
                  help="The figure (default: LOGS/PREFIX-NNNN-COMMAND.png); a CSV goes beside it."),
     click.option("--cols", type=click.IntRange(min=1), default=8, show_default=True, help="Cells per row."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+    click.option("--batch-size", type=rule("batch_size").click_type(), default=32, show_default=True),
 ]
 _IMAGE_OPTIONS = [
     click.argument("images", nargs=-1, type=click.Path()),

@@ -17,7 +17,9 @@ import torch.nn as nn
 
 from toolkit.engine import dist
 from toolkit.engine.config import make_config
-from toolkit.engine.trainer import Trainer, autocast, prepare_model
+from toolkit.engine.model import prepare_model
+from toolkit.engine.step import autocast
+from toolkit.engine.trainer import Trainer
 from toolkit.engine.optim import build_optimizer
 
 

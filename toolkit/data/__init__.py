@@ -10,6 +10,7 @@ from toolkit.data.discovery import DatasetInfo, dataset_info, open_split, split_
 from toolkit.data.sampler import RankBatches
 from toolkit.cli import LOADERS
 from toolkit.errors import UserError
+from toolkit.rules import rule
 
 BACKENDS = LOADERS
 
@@ -55,8 +56,9 @@ def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=
     `backend` names the backend and `choice` says why it was chosen. `timeout`: seconds a wait for a
     batch may last before the run ends with one line (torch backend, toolkit/data/workers.py).
     mean/std (0-255 RGB) default to the dataset's."""
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    problem = rule("batch_size").problem(batch_size)
+    if problem:
+        raise UserError(problem)
     chosen, why = choose_backend(backend, device, ten_crop, color_jitter if train else 0.0)
     records = open_split(data_dir, split)
     info = dataset_info(data_dir)
@@ -69,7 +71,8 @@ def build_loader(data_dir, split="train", train=True, batch_size=32, image_size=
                             std, channels_last, dtype, min_scale, pca_lighting if train else 0.0,
                             timeout=timeout, what=f"split {split!r} of {data_dir}")
     else:
-        from toolkit.data.torch_backend import TorchLoader, build_transform
+        from toolkit.data.torch_backend import TorchLoader
+        from toolkit.data.transforms import build_transform
         transform = build_transform(train, image_size, eval_resize, ten_crop, color_jitter, min_scale)
         loader = TorchLoader(records, batches, transform, device, workers, mean, std,
                              channels_last, dtype, pca_lighting if train else 0.0, seed, timeout,

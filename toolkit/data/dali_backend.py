@@ -41,8 +41,9 @@ from toolkit import recordio
 from toolkit.atomic import atomic_open
 from toolkit.data.discovery import RecordSet
 from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
-from toolkit.data.torch_backend import TrainTransform, eval_resize_for, lighting_shift
-from toolkit.data.workers import SourceWatch, quiet_children, serve_quietly
+from toolkit.data.source_watch import SourceWatch
+from toolkit.data.transforms import TrainTransform, eval_resize_for, lighting_shift
+from toolkit.data.workers import quiet_children, serve_quietly
 from toolkit.errors import Failed, Stalled, UserError
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 from toolkit.cli import AMP, OPTIMIZERS, SCHEDULES, model_kwargs
 from toolkit.errors import UserError
 from toolkit.registry import get_recipe
-
+from toolkit.rules import problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,15 +180,7 @@ def validate(cfg: TrainConfig):
         (cfg.optimizer in OPTIMIZERS, f"--optimizer {cfg.optimizer}: valid: {', '.join(OPTIMIZERS)}"),
         (cfg.lr_schedule in SCHEDULES, f"--lr-schedule {cfg.lr_schedule}: valid: {', '.join(SCHEDULES)}"),
         (cfg.amp in AMP, f"--amp {cfg.amp}: valid: {', '.join(AMP)}"),
-        (cfg.lr > 0, f"--lr {cfg.lr}: must be positive"),
-        (cfg.epochs >= 1, f"--epochs {cfg.epochs}: must be at least 1"),
-        (cfg.batch_size >= 1, f"--batch-size {cfg.batch_size}: must be at least 1"),
-        (cfg.grad_accum >= 1, f"--grad-accum {cfg.grad_accum}: must be at least 1"),
-        (cfg.log_every >= 1, f"--log-every {cfg.log_every}: must be at least 1"),
-        (0 < cfg.min_crop_scale <= 1, f"--min-crop-scale {cfg.min_crop_scale}: must be in (0, 1]"),
-        (0 <= cfg.label_smoothing < 1, f"--label-smoothing {cfg.label_smoothing}: must be in [0, 1)"),
-        (cfg.freeze_epochs >= 0, f"--freeze-epochs {cfg.freeze_epochs}: must be 0 or more"),
-        (cfg.head_lr_mult > 0, f"--head-lr-mult {cfg.head_lr_mult}: must be positive"),
+        *((False, problem) for problem in problems(dataclasses.asdict(cfg))),  # toolkit/rules.py's ranges
         (all(v is None or len(v) in (0, 3) for v in (cfg.mean, cfg.std)) and all(s > 0 for s in cfg.std or ()),
          "--mean/--std: three values R,G,B (0-255; std positive) or 'dataset'"),
         (cfg.lr_schedule != "multistep" or cfg.lr_step_epochs,

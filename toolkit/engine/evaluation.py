@@ -10,8 +10,8 @@ from toolkit.atomic import atomic_open
 from toolkit.cli import emit_json
 from toolkit.engine import checkpoint, dist, preflight
 from toolkit.engine.config import override
+from toolkit.engine.passes import evaluate, make_eval_loader
 from toolkit.engine.run import raise_stalled
-from toolkit.engine.trainer import evaluate, make_eval_loader
 from toolkit.lists import read_class_words, read_classes
 
 
@@ -61,12 +61,44 @@ def write_csv(df: pd.DataFrame, path: str, index: bool = False):
         df.to_csv(f, index=index, float_format="%.6f")
 
 
+def report(path: str, names, data: str, split: str, ten_crop: bool, result: dict, out_dir: str, world: int,
+           as_json=False, json_file=None):
+    """The evaluation's CSVs (per class, confusion matrix), its lines and its JSON."""
+    left_out = result["undecodable"]
+    stem = os.path.splitext(os.path.basename(path))[0] + f"-{split}" + ("-10crop" if ten_crop else "")
+    per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
+    confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
+    confusion = result["confusion"].numpy()
+    table = per_class_table(confusion, names, class_words(data, names))
+    write_csv(table, per_class_csv)
+    labels = list(table["name"])
+    write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
+              confusion_csv, index=True)
+    crops = "10-crop" if ten_crop else "centre crop"
+    print(f"{path} on {data} split {split} ({crops}, {result['images']} images, world size {world}): "
+          f"rank-1 {result['accuracy']:.4f}, rank-5 {result['top_k_accuracy_5']:.4f}, "
+          f"cross-entropy {result['cross-entropy']:.4f}")
+    if left_out:
+        print(f"{len(left_out)} undecodable record(s) not counted: {'; '.join(left_out[:5])}"
+              + (f"; ... ({len(left_out) - 5} more)" if len(left_out) > 5 else ""))
+    worst = table.sort_values("f1").head(5)
+    print("lowest F1: " + ", ".join(f"{getattr(r, 'words', None) or r.name} {r.f1:.3f}"
+                                    for r in worst.itertuples()))
+    print(f"per-class precision/recall/F1: {per_class_csv}\nconfusion matrix: {confusion_csv}")
+    emit_json({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
+               "cross_entropy": result["cross-entropy"], "images": result["images"],
+               "undecodable": len(left_out), "undecodable_records": left_out,
+               "checkpoint": path, "split": split, "ten_crop": ten_crop,
+               "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}, as_json, json_file)
+
+
 def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=None, split="val",
                    ten_crop=False, batch_size=None, loader="auto", workers=2, out_dir=None,
                    as_json=False, timeout=300.0, json_file=None) -> int:
     env = dist.setup(timeout)
     try:
-        from toolkit.inference.meta import check_class_map, load_member
+        from toolkit.engine.meta import check_class_map
+        from toolkit.engine.model import load_member
         path = checkpoint.find(checkpoints_dir, prefix, epoch)
         member = load_member(path, data)  # normalisation, input size, class names: the checkpoint's
         cfg = override(member.cfg, timeout=timeout)
@@ -83,35 +115,11 @@ def run_evaluation(checkpoints_dir="checkpoints", prefix=None, epoch=None, data=
             model = model.to(memory_format=torch.channels_last)
         val_loader = make_eval_loader(cfg, env, data, split, batch_size, loader, workers, ten_crop)
         result = evaluate(model, val_loader, env, num_classes, cfg.amp)
-        result["undecodable"] = left_out = undecodable(val_loader, env)
+        result["undecodable"] = undecodable(val_loader, env)
         if not env.main:
             return 0
-        stem = os.path.splitext(os.path.basename(path))[0] + f"-{split}" + ("-10crop" if ten_crop else "")
-        per_class_csv = os.path.join(out_dir, stem + "-per-class.csv")
-        confusion_csv = os.path.join(out_dir, stem + "-confusion.csv")
-        confusion = result["confusion"].numpy()
-        names = member.meta["class_names"]
-        table = per_class_table(confusion, names, class_words(data, names))
-        write_csv(table, per_class_csv)
-        labels = list(table["name"])
-        write_csv(pd.DataFrame(confusion, index=pd.Index(labels, name="true\\predicted"), columns=labels),
-                  confusion_csv, index=True)
-        crops = "10-crop" if ten_crop else "centre crop"
-        print(f"{path} on {data} split {split} ({crops}, {result['images']} images, world size {env.world}): "
-              f"rank-1 {result['accuracy']:.4f}, rank-5 {result['top_k_accuracy_5']:.4f}, "
-              f"cross-entropy {result['cross-entropy']:.4f}")
-        if left_out:
-            print(f"{len(left_out)} undecodable record(s) not counted: {'; '.join(left_out[:5])}"
-                  + (f"; ... ({len(left_out) - 5} more)" if len(left_out) > 5 else ""))
-        worst = table.sort_values("f1").head(5)
-        print("lowest F1: " + ", ".join(f"{getattr(r, 'words', None) or r.name} {r.f1:.3f}"
-                                        for r in worst.itertuples()))
-        print(f"per-class precision/recall/F1: {per_class_csv}\nconfusion matrix: {confusion_csv}")
-        emit_json({"rank1": result["accuracy"], "rank5": result["top_k_accuracy_5"],
-                   "cross_entropy": result["cross-entropy"], "images": result["images"],
-                   "undecodable": len(left_out), "undecodable_records": left_out,
-                   "checkpoint": path, "split": split, "ten_crop": ten_crop,
-                   "per_class_csv": per_class_csv, "confusion_csv": confusion_csv}, as_json, json_file)
+        report(path, member.meta["class_names"], data, split, ten_crop, result, out_dir, env.world,
+               as_json, json_file)
         return 0
     except RuntimeError as exc:  # a loader worker or a rank that stopped answering: one line
         raise_stalled(exc, env, timeout)

@@ -1,6 +1,7 @@
-"""Entry points behind tools/train.py, tools/resume.py and tools/evaluate.py.
+"""A training run from start to exit code (toolkit/training.py composes it with what the engine
+does not know of, transfer learning; tools/train.py and tools/resume.py call that).
 
-Each sets up the process group (torchrun or one process), logging and the stop handler, runs, and
+run() sets up the process group (torchrun or one process), logging and the stop handler, trains, and
 returns the process exit code: 0 done, 130 stopped by Ctrl-C/SIGTERM (a checkpoint was written),
 2 a user error (one line, no traceback).
 """
@@ -17,9 +18,10 @@ from toolkit.data.workers import end_workers, stalled
 from toolkit.engine import branches, checkpoint, determinism, dist, preflight, status
 from toolkit.engine.config import TrainConfig, from_dict, override
 from toolkit.engine.logs import setup_logging
+from toolkit.engine.model import ModelHook
+from toolkit.engine.preflight import ReportedElsewhere
 from toolkit.engine.signals import StopRequest
 from toolkit.engine.trainer import Trainer
-from toolkit.engine.preflight import ReportedElsewhere
 from toolkit.errors import Stalled, UserError, at_hard_exit, forget_hard_exit, hard_exit
 
 TOY = "data/toy"
@@ -86,16 +88,16 @@ def recorded(run_fn):
     once (errors.hard_exit: a lost rank, a dead worker, a second Ctrl-C). Rank 0 writes it. A fresh
     run that will refuse to overwrite an earlier run's checkpoints leaves that run's file."""
     @functools.wraps(run_fn)
-    def wrapper(cfg: TrainConfig, state=None, resumed_from=None) -> int:
+    def wrapper(cfg: TrainConfig, state=None, resumed_from=None, **handed) -> int:
         if os.environ.get("RANK", "0") != "0" or (
                 state is None and checkpoint.list_checkpoints(cfg.checkpoints_dir, cfg.prefix)):
-            return run_fn(cfg, state, resumed_from)
+            return run_fn(cfg, state, resumed_from, **handed)
         last = at_hard_exit(lambda c: status.write_status(
             cfg.logs_dir, cfg.prefix, STATUS.get(c, "failed"), code=c))
         code = None
         try:
             with status.heartbeat(cfg.logs_dir, cfg.prefix):
-                code = run_fn(cfg, state, resumed_from)
+                code = run_fn(cfg, state, resumed_from, **handed)
             return code
         finally:
             forget_hard_exit(last)
@@ -113,7 +115,9 @@ def preflight_paths(cfg: TrainConfig, env) -> str:
 
 
 @recorded
-def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
+def run(cfg: TrainConfig, state=None, resumed_from=None, hook=ModelHook) -> int:
+    """Train cfg's run (from `state`, the checkpoint `resumed_from`, when resuming); `hook`: what the
+    run adds around its model (toolkit/engine/model.py's ModelHook)."""
     determinism.apply(cfg.deterministic)  # before any GPU work
     env = dist.setup(cfg.timeout)
     clash = earlier_run(cfg, env) if state is None else ""
@@ -133,7 +137,7 @@ def run(cfg: TrainConfig, state=None, resumed_from=None) -> int:
     try:
         ensure_data(cfg, env)
         cfg = preflight.settle_num_classes(cfg, env, log)
-        trainer = Trainer(cfg, env, log, state, resumed_from, stop)
+        trainer = Trainer(cfg, env, log, state, resumed_from, stop, hook=hook)
         if state is not None:  # the branch starts at the first step it trains, not before
             trainer.before_first_step = functools.partial(branch_off, cfg, env, log, state)
         result = trainer.fit()
@@ -194,8 +198,9 @@ def branch_off(cfg: TrainConfig, env, log, state: dict):
     dist.barrier()
 
 
-def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
-    """Continue a run from PREFIX-%04d.pt (or the newest checkpoint) with optional overrides."""
+def resume_point(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> tuple:
+    """(cfg, state, path) to continue a run from PREFIX-%04d.pt (or the newest checkpoint) with
+    optional overrides."""
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
     state = checkpoint.load(path)
     # the run continues under the prefix it is resumed as (its file's name): a copied checkpoint
@@ -203,7 +208,7 @@ def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
     cfg = override(from_dict(state["config"]), checkpoints_dir=checkpoints_dir,
                    prefix=checkpoint.prefix_of(path), **overrides)
     if "meta" in state and os.path.isdir(cfg.data):  # the data's class map must be the run's
-        from toolkit.inference.meta import check_class_map
+        from toolkit.engine.meta import check_class_map
         check_class_map(state["meta"], cfg.data, path)
     if lr is not None:  # a new LR takes effect from here: constant unless a schedule is given too
         cfg = override(cfg, lr=lr, lr_from_epoch=state["position"],
@@ -212,4 +217,4 @@ def resume(checkpoints_dir: str, prefix, epoch, lr=None, **overrides) -> int:
     if state["epoch"] >= cfg.epochs and checkpoint.pending_validation(path, state) is None:
         raise UserError(f"{path} is already at epoch {state['epoch']} of {cfg.epochs}; "
                         f"pass --epochs N (N > {state['epoch']}) to train further")
-    return run(cfg, state, resumed_from=path)
+    return cfg, state, path

@@ -1,4 +1,6 @@
-"""fit / train_one_epoch / evaluate: one code path for CPU and GPU, one or many processes.
+"""fit / train_one_epoch: the loop of a run, one code path for CPU and GPU, one or many processes.
+The step is toolkit/engine/step.py's parts; checkpoints, the end of an epoch and the log lines are the
+bookkeeping (toolkit/engine/bookkeeping.py); the evaluation pass is toolkit/engine/passes.py's.
 
 Exactness across a stop: the LR is a function of the position (toolkit/engine/lr.py), the data order
 and augmentation are functions of (seed, epoch, position) (toolkit/data), the dropout RNG is reseeded
@@ -7,7 +9,6 @@ position and the partial epoch's metric sums. So a stopped and resumed run ends 
 uninterrupted one (same world size).
 """
 import contextlib
-import itertools
 import sys
 import time
 
@@ -18,128 +19,37 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from toolkit import mxlog
-from toolkit.data import build_loader
-from toolkit.data.discovery import has_split
-from toolkit.data.sampler import DROPOUT, sample_seed
 from toolkit.engine import checkpoint, dist
+from toolkit.engine.bookkeeping import Bookkeeping, NonFiniteLoss, Speedometer
 from toolkit.engine.config import TrainConfig
-from toolkit.engine.logs import Meter, header_lines
-from toolkit.engine.lr import CONTINUOUS, get_lr
+from toolkit.engine.logs import Meter
+from toolkit.engine.model import ModelHook, prepare_model
 from toolkit.engine.optim import build_optimizer
-from toolkit.engine.signals import Agreement
-from toolkit.errors import UserError
-from toolkit.inference.meta import describe
-from toolkit.registry import build_model
-from toolkit.transfer.hook import Transfer
-
-class NonFiniteLoss(UserError):
-    pass
+from toolkit.engine.passes import make_loaders
+from toolkit.engine.step import autocast, build_step, forward_loss
 
 
-def _loader_args(cfg: TrainConfig, env, backend=None, workers=None) -> dict:
-    return dict(image_size=cfg.image_size, eval_resize=cfg.eval_resize, rank=env.rank, world_size=env.world,
-                seed=cfg.seed, backend=backend or cfg.loader, device=env.device,
-                workers=cfg.workers if workers is None else workers, channels_last=cfg.channels_last,
-                timeout=cfg.timeout, mean=cfg.mean, std=cfg.std)
-
-
-def make_eval_loader(cfg: TrainConfig, env, data=None, split=None, batch_size=None, backend=None,
-                     workers=None, ten_crop=False):
-    """The evaluation loader of a run (its image size, resize and layout): training's validation
-    and tools/evaluate.py."""
-    return build_loader(data or cfg.data, split or cfg.val_split, train=False,
-                        batch_size=batch_size or cfg.batch_size, ten_crop=ten_crop,
-                        **_loader_args(cfg, env, backend, workers))
-
-
-def make_loaders(cfg: TrainConfig, env):
-    train = build_loader(cfg.data, cfg.train_split, train=True, batch_size=cfg.batch_size,
-                         min_scale=cfg.min_crop_scale, color_jitter=cfg.color_jitter,
-                         pca_lighting=cfg.pca_lighting, **_loader_args(cfg, env))
-    if not has_split(cfg.data, cfg.val_split):
-        return train, None
-    return train, make_eval_loader(cfg, env, backend=train.backend)  # validation decodes as training
-
-
-def prepare_model(cfg: TrainConfig, env) -> nn.Module:
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = build_model(cfg.recipe, **cfg.model_kwargs()).to(env.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and env.world > 1:
-        if env.device.type != "cuda":
-            raise UserError("--sync-bn needs GPUs (NCCL); leave it out on CPU")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
-
-
-def forward_loss(net, x, y, criterion, aux_weight: float = 0.3):
-    out = net(x)
-    if isinstance(out, tuple):  # auxiliary heads (GoogLeNet): discounted as the model says
-        return out[0], criterion(out[0], y) + aux_weight * sum(criterion(o, y) for o in out[1:])
-    return out, criterion(out, y)
-
-
-def evaluate(model, loader, env, num_classes: int, amp: str = "off", stop=None) -> dict:
-    """Top-1/top-5/cross-entropy over a split, exact across ranks (each image counted once).
-    With `stop` (training's validation), ranks agree on a stop request at every batch and all leave
-    the pass at the same one: {"stopped": True}; a request seen only at the end: "stop_after"."""
-    model.eval()
-    meter = Meter(env.device)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=env.device)
-    loader.set_epoch(0)
-    agree = Agreement(stop, env.device, len(loader)) if stop is not None else None
-    stopped = False
-    with torch.no_grad(), autocast(env, amp):
-        for x, y in loader:
-            if x.dim() == 5:  # ten-crop: average the softmax over the crops
-                b, c = x.shape[:2]
-                logits = model(x.flatten(0, 1)).float().softmax(1).view(b, c, -1).mean(1).log()
-            else:
-                logits = model(x).float()
-            meter.update(logits, y, F.cross_entropy(logits, y, reduction="sum"))
-            confusion += torch.bincount(y * num_classes + logits.argmax(1),
-                                        minlength=num_classes ** 2).view(num_classes, num_classes)
-            if agree is not None and agree.round():
-                stopped = True
-                break
-    if agree is not None and (stopped or agree.finish()):
-        agree.drain()
-        return {"stopped": True}
-    sums = dist.all_reduce_sum(meter.sums.clone())
-    dist.all_reduce_sum(confusion)
-    return {**meter.metrics(sums), "images": int(sums[3].item()), "confusion": confusion.cpu(),
-            "stop_after": agree is not None and agree.drain()}
-
-
-def autocast(env, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(env.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-class Trainer:
+class Trainer(Bookkeeping):
     """Holds the state of a run; `fit()` trains from its position to cfg.epochs."""
 
-    def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None, loaders=None):
-        self.transfer = Transfer(cfg, env, fresh=state is None)  # --init-from, --freeze-*, --head-lr-mult
+    def __init__(self, cfg: TrainConfig, env, log, state=None, resumed_from=None, stop=None, loaders=None,
+                 hook=ModelHook):
+        # `hook(cfg, env, fresh)`: what the run adds around its model (toolkit/engine/model.py), e.g.
+        # transfer learning's --init-from, --freeze-*, --head-lr-mult (handed in by toolkit/training.py)
+        self.transfer = hook(cfg, env, fresh=state is None)
         cfg = self.transfer.resolve(cfg)
-        self.transfer.check_head_classes(cfg)
         self.cfg, self.env, self.log, self.stop = cfg, env, log, stop
         self.train_loader, self.val_loader = loaders or make_loaders(cfg, env)
         self.model = prepare_model(cfg, env)
         self.transfer.attach(self.model, cfg)
-        self.stochastic = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
         self.optimizer = build_optimizer(self.model, cfg, self.transfer.head)
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
-        self.epoch, self.batch, self.step, self.carry = 0, 0, 0, None
+        self.parts = build_step(cfg, env, self.model, self.optimizer, log)  # the step (toolkit/engine/step.py)
+        self.epoch, self.batch, self.carry = 0, 0, None
         if state is not None:
             self._restore(state)
         self.transfer.start_epoch(self.model, self.epoch)
         self._wrap()
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.lr, self._pending = None, None
+        self._pending = None
         self.before_first_step = None  # called once, before the first training step (a resume's branch)
         self.started, self.resume_line = False, None
         # an epoch checkpoint whose validation pass a stop cut short: validated again first
@@ -158,6 +68,7 @@ class Trainer:
             self._settle_buckets()
         if self.cfg.compile:
             self.net = torch.compile(self.net)
+        self.parts.net, self.parts.ddp = self.net, self.ddp
 
     def _settle_buckets(self):
         """One throwaway forward and backward through the new DDP, so that every training step of
@@ -186,48 +97,6 @@ class Trainer:
             b.copy_(value)
         self.model.zero_grad(set_to_none=True)
 
-    def _restore(self, state):
-        self.model.load_state_dict(state["model"])
-        saved = state.get("config", {})
-        for key, flag in (("optimizer", "--optimizer"), ("wd_on_bn_bias", "--wd-on-bn-bias")):
-            if saved.get(key, getattr(self.cfg, key)) != getattr(self.cfg, key):
-                raise UserError(f"{flag}: the checkpoint's optimizer state is for {key}={saved[key]}, not "
-                                f"{getattr(self.cfg, key)}; keep it when resuming, or start a new run with "
-                                "tools/train.py --prefix NAME")
-        # the optimizer's state (momentum buffers, moments) from the checkpoint, its hyper-parameters
-        # (momentum, nesterov, weight decay: possibly changed on the command line) from the config
-        fresh = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, values in zip(self.optimizer.param_groups, fresh):
-            group.update(values)
-        if state["scaler"]:  # empty when the run was not fp16
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.batch = self._remap_batch(state)
-        if self.batch and state.get("world_size") == self.env.world:
-            self.carry = torch.tensor(state["train_sums"], dtype=torch.float64) if self.env.main else None
-
-    def _remap_batch(self, state) -> int:
-        """The position in the epoch, in this run's batches (another world size: same samples seen)."""
-        old_global = state["batch_size"] * state["world_size"]
-        new_global = self.cfg.batch_size * self.env.world
-        return round(state["batch"] * old_global / new_global)
-
-    def _log_start(self, resumed_from):
-        params = sum(p.numel() for p in self.model.parameters())
-        loader = getattr(self.train_loader, "choice", self.train_loader.backend)  # "dali (auto: GPU decode)"
-        for line in header_lines(self.cfg, self.env, loader, params) + self.transfer.lines:
-            self.log.info(line)
-        if resumed_from:  # logged when the run moves (_log_resume): a launch that never does leaves
-            # the log's later epochs in effect, as it leaves their checkpoints in place
-            lr = get_lr(self.cfg, self.epoch + self.batch / len(self.train_loader))
-            self.resume_line = mxlog.resume_line(resumed_from, self.epoch, self.batch, lr)
-
-    def _log_resume(self):
-        line, self.resume_line = self.resume_line, None
-        if line:
-            self.log.info(line)
-
     def fit(self) -> dict:
         result = {}
         if self.pending_val is not None:
@@ -244,17 +113,6 @@ class Trainer:
                 self.log.info(f"Stopped after Epoch[{epoch}]: {path}")
                 return {"stopped": True, "path": path, "epoch": epoch + 1, "batch": 0}
         return result
-
-    def _set_lr(self, epoch: int, b: int, nb: int):
-        lr = get_lr(self.cfg, epoch + b / nb)
-        if lr != self.lr:
-            discrete = self.cfg.lr_schedule not in CONTINUOUS and not (
-                self.cfg.warmup_epochs and epoch + b / nb < self.cfg.lr_from_epoch + self.cfg.warmup_epochs)
-            if self.lr is None or discrete or b == 0:
-                self.log.info(mxlog.lr_change_line(self.step, lr))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
-            self.lr = lr
 
     def _post_flags(self, loss: torch.Tensor, epoch: int, b: int) -> bool:
         """Start this step's all-reduce of [stop requested, loss not finite] and read the previous
@@ -298,25 +156,12 @@ class Trainer:
         if hook is not None:
             hook()
 
-    def train_step(self, x, y, epoch, b, nb) -> tuple:
-        cfg = self.cfg
+    def train_step(self, x, y, epoch: int, b: int, nb: int) -> tuple:
+        """One micro-batch through the step's parts (toolkit/engine/step.py): (logits, loss, whether
+        the optimizer stepped). The first one moves the run (_first_step)."""
         if not self.started:
             self._first_step()
-        self._set_lr(epoch, b, nb)
-        if self.stochastic:  # dropout masks: a function of (seed, epoch, batch, rank), exact on resume
-            torch.manual_seed(sample_seed(cfg.seed, epoch, b * self.env.world + self.env.rank, DROPOUT))
-        last_micro = (b + 1) % cfg.grad_accum == 0 or b + 1 == nb
-        sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
-        with sync:
-            with autocast(self.env, cfg.amp):
-                logits, loss = forward_loss(self.net, x, y, self.criterion, getattr(self.model, "aux_weight", 0.3))
-            self.scaler.scale(loss / cfg.grad_accum).backward()
-        if last_micro:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-        return logits.float(), loss, last_micro
+        return self.parts(x, y, epoch, b, nb, self.cfg.grad_accum)
 
     def train_one_epoch(self, epoch: int, start: int = 0) -> dict:
         """On a terminal (rank 0), a progress bar; log lines print above it, the log file has none."""
@@ -357,99 +202,3 @@ class Trainer:
         sums = dist.all_reduce_sum(meter.sums.clone())
         return {**meter.metrics(sums), "time": time.perf_counter() - t0, "stop_after": stop_after}
 
-    def state(self, epoch: int, batch: int, train_sums=None) -> dict:
-        dist.broadcast_buffers(self.model)
-        self.check_finite(epoch, batch)
-        position = epoch + batch / len(self.train_loader)
-        return {"model": checkpoint.bare_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": epoch, "batch": batch, "step": self.step,
-                "position": position, "lr": get_lr(self.cfg, position),
-                # an epoch checkpoint is written before the epoch's validation pass (see fit)
-                "val_epoch": epoch - 1 if batch == 0 and self.val_loader is not None else None,
-                "config": dict(vars(self.cfg)), "world_size": self.env.world,
-                "batch_size": self.cfg.batch_size, "train_sums": train_sums or [0.0] * 4,
-                "rng": {"scheme": "reseeded from (seed, epoch, batch, rank) at every step",
-                        "seed": self.cfg.seed},
-                "meta": describe(self.cfg)}  # classes, mean/std, input size: for predict and export
-
-    def check_finite(self, epoch: int, batch: int):
-        """Every parameter and buffer finite (on every rank) before a checkpoint is written: the
-        loss check misses what an epoch's last update did."""
-        named = [(n, t) for n, t in itertools.chain(self.model.named_parameters(), self.model.named_buffers())
-                 if t.is_floating_point()]
-        bad = torch.stack([~torch.isfinite(t).all() for _, t in named]).any().float().view(1)
-        if dist.all_reduce_max(bad).item():
-            names = [n for n, t in named if not torch.isfinite(t).all()]
-            raise NonFiniteLoss(f"the weights became non-finite by Epoch[{epoch}] Batch [{batch}] "
-                                f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); nothing "
-                                "was saved and the checkpoints on disk are intact: resume from an earlier "
-                                "epoch with a lower --lr")
-
-    def save_stop(self, epoch: int, batch: int, meter: Meter) -> dict:
-        sums = dist.all_reduce_sum(meter.sums.clone()).tolist()
-        state = self.state(epoch, batch, sums)
-        path = checkpoint.checkpoint_path(self.cfg.checkpoints_dir, self.cfg.prefix, epoch, batch)
-        if self.env.main:
-            checkpoint.save(path, state)
-            self.log.info(f"Stopped at Epoch[{epoch}] Batch [{batch}]: " + mxlog.checkpoint_line(path))
-        dist.barrier()
-        return {"stopped": True, "path": path, "epoch": epoch, "batch": batch}
-
-    def end_epoch(self, epoch: int, result: dict) -> str:
-        """Log the epoch and write its checkpoint, then validate: a stop asked during the epoch's
-        last step skips the pass, one asked during it cuts it short (result["stopped"]); the
-        checkpoint already holds the epoch, and a resume from it runs the pass first."""
-        for line in mxlog.train_lines(epoch, {k: result[k] for k in ("accuracy", "top_k_accuracy_5", "cross-entropy")}):
-            self.log.info(line)
-        self.log.info(mxlog.time_cost_line(epoch, result["time"]))
-        state = self.state(epoch + 1, 0)
-        path = checkpoint.checkpoint_path(self.cfg.checkpoints_dir, self.cfg.prefix, epoch + 1)
-        if self.env.main:
-            checkpoint.save(path, state)
-            checkpoint.prune(self.cfg.checkpoints_dir, self.cfg.prefix, self.cfg.keep_last, (epoch + 1, 0))
-            self.log.info(mxlog.checkpoint_line(path))
-        if self.val_loader is not None and result["stop_after"]:
-            self.log.info(f"Validation of Epoch[{epoch}] skipped by the stop: a resume from {path} runs it first")
-            result["stopped"] = True
-        elif self.val_loader is not None:
-            result["stopped"] = self.validate(epoch, path, result)
-        dist.barrier()
-        return path
-
-    def validate(self, epoch: int, path: str, result=None) -> bool:
-        """Epoch[epoch]'s validation pass (its checkpoint `path` is on disk); True when a stop cut
-        it short. A stop asked at its end is left to the caller (result["stop_after"])."""
-        val = evaluate(self.model, self.val_loader, self.env, self.cfg.num_classes, self.cfg.amp, stop=self.stop)
-        if val.get("stopped"):
-            self.log.info(f"Stopped during the validation of Epoch[{epoch}]: a resume from {path} runs it again")
-            return True
-        metrics = {k: val[k] for k in ("accuracy", "top_k_accuracy_5", "cross-entropy")}
-        for line in mxlog.validation_lines(epoch, metrics):
-            self.log.info(line)
-        if self.env.main:
-            checkpoint.save_validation(path, epoch, metrics)
-        if result is not None:
-            result["val"], result["stop_after"] = val, result["stop_after"] or val["stop_after"]
-        return False
-
-
-class Speedometer:
-    """MXNet's Speedometer: every log_every batches, global samples/s and the window's metrics."""
-
-    def __init__(self, trainer: Trainer, epoch: int, start: int):
-        self.t, self.epoch, self.first = trainer, epoch, start
-        self.last_time, self.data_time = time.perf_counter(), 0.0
-
-    def tick(self, b: int, data_time: float, window: Meter):
-        self.data_time += data_time
-        n = b + 1 - self.first
-        if (b + 1) % self.t.cfg.log_every and b + 1 != len(self.t.train_loader):
-            return
-        now = time.perf_counter()
-        elapsed = now - self.last_time
-        samples = n * self.t.cfg.batch_size * self.t.env.world
-        metrics = {**window.metrics(), "data-time": self.data_time / n,
-                   "compute-time": max(elapsed - self.data_time, 0.0) / n}
-        self.t.log.info(mxlog.batch_line(self.epoch, self.first, b + 1, samples / max(elapsed, 1e-9), metrics))
-        window.sums.zero_()
-        self.first, self.last_time, self.data_time = b + 1, now, 0.0

@@ -17,7 +17,8 @@ from toolkit.data import build_loader
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.config import from_dict, override
 from toolkit.errors import UserError
-from toolkit.inference.meta import build_eval_model, meta_of, trained_config
+from toolkit.engine.meta import meta_of, trained_config
+from toolkit.engine.model import build_eval_model
 
 
 def last_epochs(checkpoints_dir: str, prefix: str, k: int):

@@ -19,10 +19,12 @@ from toolkit.cli import emit_json
 from toolkit.engine import dist, preflight
 from toolkit.engine.config import override
 from toolkit.engine.evaluation import class_words, per_class_table, write_csv
+from toolkit.engine.passes import evaluate, make_eval_loader
 from toolkit.engine.run import raise_stalled
-from toolkit.engine.trainer import evaluate, make_eval_loader
 from toolkit.errors import UserError
-from toolkit.inference.meta import check_class_map, check_same_classes, load_member, resolve
+from toolkit.engine.meta import check_class_map
+from toolkit.engine.model import load_member
+from toolkit.inference.meta import check_same_classes, resolve
 
 _MEMBER = re.compile(r"^[^-].*(:\d+|\.pt)$")
 

@@ -24,11 +24,12 @@ from toolkit import recordio
 from toolkit.atomic import atomic_open
 from toolkit.data import workers as worker_procs
 from toolkit.data.discovery import open_split
-from toolkit.data.torch_backend import build_transform, normalize
+from toolkit.data.torch_backend import normalize
+from toolkit.data.transforms import build_transform
 from toolkit.engine import checkpoint, dist
 from toolkit.engine.preflight import not_an_input, writable_file
 from toolkit.engine.evaluation import write_csv
-from toolkit.engine.trainer import autocast
+from toolkit.engine.step import autocast
 from toolkit.errors import UserError
 from toolkit.lists import IMAGE_EXTS, image_files, read_list
 
@@ -260,7 +261,8 @@ def run(inputs, prefix=None, epoch=None, checkpoint_path=None, ensemble=(), chec
         data=None, split=None, root=None, **options) -> int:
     """tools/predict.py: check the inputs and models up front, then predict (see run_predict)."""
     from toolkit.inference.ensemble import load_members
-    from toolkit.inference.meta import check_class_map, resolve
+    from toolkit.engine.meta import check_class_map
+    from toolkit.inference.meta import resolve
     outputs = [(p, flag) for p, flag in ((options.get("csv_path"), "--csv"), (options.get("json_file"), "--json-file"))
                if p]
     for path, flag in outputs:

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 from toolkit.data.discovery import IMAGENET_MEAN, IMAGENET_STD
 from toolkit.engine.config import make_config
-from toolkit.inference.meta import describe
+from toolkit.engine.meta import describe
 from toolkit.errors import UserError
 from toolkit.lists import read_classes
 from toolkit.mxnet_import.convert import build, convert
@@ -29,6 +29,11 @@ SCALING_OPS = ("BatchNorm", "_minus_scalar", "_mul_scalar", "_div_scalar", "_plu
 def files(prefix: str, epoch: int):
     symbol, params = f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
     if not os.path.isfile(symbol):
+        alone = next((f for f in (prefix, f"{prefix}.params", params) if f.endswith(".params") and os.path.isfile(f)), "")
+        if alone:  # weights without a graph: Gluon's save_parameters (or a checkpoint's symbol left behind)
+            raise UserError(f"{alone}: weights without a graph ({symbol} not found; Gluon's save_parameters writes "
+                            "no symbol); in MXNet build the net, net.load_parameters(that file), net.hybridize(), "
+                            "run one batch, net.export(PREFIX, 0), then import PREFIX --epoch 0")
         raise UserError(f"{symbol}: not found; PREFIX is the path before -symbol.json "
                         "(e.g. models/resnet-18 for models/resnet-18-symbol.json)")
     if not os.path.isfile(params):

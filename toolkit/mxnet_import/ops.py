@@ -5,12 +5,14 @@ weights and returns an nn.Module whose forward takes the node's data inputs. Def
 operator defaults (not PyTorch's): BatchNorm eps 1e-3 and fix_gamma True, LeakyReLU slope 0.25,
 Pooling's 'valid' convention and count_include_pad True, FullyConnected's flatten True.
 """
-import ast
 from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from toolkit.mxnet_import.attrs import tup, value  # noqa: F401 (convert.py reads value here)
+from toolkit.mxnet_import.pooling import Pool
 
 # the weights each operator takes, in its input order after the data: MXNet name -> PyTorch name
 WEIGHTS = {"Convolution": [("weight", "weight"), ("bias", "bias")],
@@ -20,26 +22,6 @@ WEIGHTS = {"Convolution": [("weight", "weight"), ("bias", "bias")],
            "LeakyReLU": [("gamma", "weight")]}
 HEADS = {"SoftmaxOutput", "SoftmaxActivation", "softmax", "log_softmax", "Softmax", "LogisticRegressionOutput",
          "LinearRegressionOutput", "MAERegressionOutput", "SVMOutput"}
-
-
-def value(attrs: Dict[str, str], key: str, default=None):
-    """An attribute as a Python value: '(3, 3)' -> (3, 3), 'True' -> True, '1e-05' -> 1e-05."""
-    text = attrs.get(key)
-    if text is None or text == "None":
-        return default
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def tup(attrs, key, default, n=2):
-    v = value(attrs, key, default)
-    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
-    return v if v else (default,) * n
 
 
 def weight_names(op: str, attrs: Dict[str, str]) -> List[str]:
@@ -185,14 +167,41 @@ def _clip(attrs, shapes):
     return Fn(lambda x: x.clamp(lo, hi), f"[{lo}, {hi}]")
 
 
+def reshape_target(dims, shape, reverse=False):
+    """MXNet's Reshape shape codes (src/operator/tensor/matrix_op-inl.h, InferReshapeShape) on an input of
+    `dims`: 0 copies a dimension, -1 is inferred, -2 copies all the rest, -3 merges two, -4 splits one into
+    the next two codes (one of them may be -1); reverse=True reads both right to left."""
+    dims, shape = list(dims), list(shape)
+    if reverse:
+        dims, shape = dims[::-1], shape[::-1]
+    out, i, k = [], 0, 0
+    while k < len(shape):
+        s = shape[k]
+        if s == -2:
+            out.extend(dims[i:])
+            i = len(dims)
+        elif s == -3:
+            out.append(dims[i] * dims[i + 1])
+            i += 2
+        elif s == -4:
+            a, b = shape[k + 1], shape[k + 2]
+            a = dims[i] // b if a == -1 else a
+            b = dims[i] // a if b == -1 else b
+            out.extend([a, b])
+            i, k = i + 1, k + 2
+        else:
+            out.append(dims[i] if s == 0 else s)
+            i += 1
+        k += 1
+    return out[::-1] if reverse else out
+
+
 def _reshape(attrs, shapes):
     shape = tuple(value(attrs, "shape", ()))
-    if value(attrs, "reverse", False) or any(s < -1 for s in shape):
-        raise ValueError(f"Reshape shape={shape} (reverse or codes -2/-3/-4) is not taken")
-
-    def fn(x):  # 0 copies the input's dimension, -1 is inferred
-        return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(shape)])
-    return Fn(fn, f"shape={shape}")
+    reverse = bool(value(attrs, "reverse", False))
+    if not shape:
+        raise ValueError("Reshape without a shape (the legacy target_shape) is not taken")
+    return Fn(lambda x: x.reshape(reshape_target(x.shape, shape, reverse)), f"shape={shape} reverse={reverse}")
 
 
 def _scalar(fn):
@@ -240,7 +249,6 @@ MAKERS: Dict[str, Callable] = {
 
 
 def make_module(op: str, attrs: Dict[str, str], shapes: Dict[str, tuple]) -> nn.Module:
-    from toolkit.mxnet_import.pooling import Pool
     if op in ("Pooling", "Pooling_v1"):
         return Pool(attrs)
     module = MAKERS[op](attrs, shapes)

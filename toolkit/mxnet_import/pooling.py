@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from toolkit.mxnet_import.ops import tup, value
+from toolkit.mxnet_import.attrs import tup, value
 
 
 def axis_geometry(x: int, k: int, s: int, p: int, convention: str) -> Tuple[int, int, int]:

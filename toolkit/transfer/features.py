@@ -168,7 +168,8 @@ def feature_config(init_from: Optional[str], prefix, epoch, checkpoints_dir: str
 def run_extraction(out: str, layer: Optional[str], split: str, pool: str, batch_size, loader: str,
                    workers: int, list_layers: bool, init_from, prefix, epoch, checkpoints_dir: str,
                    recipe, data, **model_flags) -> int:
-    from toolkit.engine.trainer import make_eval_loader, prepare_model
+    from toolkit.engine.model import prepare_model
+    from toolkit.engine.passes import make_eval_loader
     env = dist.setup()
     try:
         cfg, source = feature_config(init_from, prefix, epoch, checkpoints_dir, recipe, data, model_flags,

@@ -7,6 +7,7 @@ from typing import List, Optional
 import torch.nn as nn
 
 from toolkit.engine import dist
+from toolkit.engine.model import ModelHook
 from toolkit.errors import UserError
 from toolkit.transfer.freeze import Freezer, head_keys
 from toolkit.transfer.weights import Source, read_source, source_mean_std, torchvision_file
@@ -24,7 +25,7 @@ def read_on_every_rank(text: str, env) -> Source:
     return read_source(text, download=False)
 
 
-class Transfer:
+class Transfer(ModelHook):
     def __init__(self, cfg, env, fresh: bool, source: Optional[Source] = None):
         if source is None and fresh and cfg.init_from:
             source = read_on_every_rank(cfg.init_from, env)
@@ -34,6 +35,11 @@ class Transfer:
         self.freezer: Optional[Freezer] = None
 
     def resolve(self, cfg):
+        cfg = self._normalisation(cfg)
+        self.check_head_classes(cfg)
+        return cfg
+
+    def _normalisation(self, cfg):
         """cfg with mean/std made explicit where --init-from or --mean/--std set them: the flags
         first ("dataset": the dataset's), then the source's (ImageNet's for torchvision's weights)."""
         from toolkit.data import dataset_info
@@ -83,7 +89,7 @@ class Transfer:
         classes on this dataset: its class map against the source's names, one line if they differ."""
         meta = getattr(self.source, "meta", None)
         if meta and not cfg.new_head and cfg.num_classes == meta["num_classes"]:
-            from toolkit.inference.meta import check_class_map
+            from toolkit.engine.meta import check_class_map
             check_class_map(meta, cfg.data, f"--init-from {self.source.text}",
                             "pass --new-head (a new classifier for this dataset's classes), or make the "
                             "lists with the source's classes.tsv in the dataset folder")

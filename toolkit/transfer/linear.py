@@ -46,7 +46,7 @@ def choose_c(x, y, grid: Sequence[float], holdout: float, seed: int) -> Dict[flo
 
 def fit_and_score(train: str, val: str, grid=GRID, holdout: float = 0.2, seed: int = 0) -> dict:
     from toolkit.engine.evaluation import per_class_table
-    from toolkit.inference.meta import class_names
+    from toolkit.engine.meta import class_names
     xt, yt = load_features(train)
     xv, yv = load_features(val)
     if xt.shape[1] != xv.shape[1]:

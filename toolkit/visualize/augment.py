@@ -7,7 +7,7 @@ import torch
 
 from toolkit.data import open_split
 from toolkit.data.sampler import LIGHTING, RankBatches, sample_seed
-from toolkit.data.torch_backend import build_transform, pca_lighting
+from toolkit.data.transforms import build_transform, pca_lighting
 from toolkit.visualize import figures
 from toolkit.visualize.images import eval_views
 

@@ -21,7 +21,8 @@ import torchvision.transforms.v2 as T
 from toolkit import recordio
 from toolkit.data import open_split
 from toolkit.data.discovery import RecordSet, split_files
-from toolkit.data.torch_backend import decode, eval_resize_for
+from toolkit.data.decode import decode
+from toolkit.data.transforms import eval_resize_for
 from toolkit.errors import UserError
 from toolkit.lists import IMAGE_EXTS, image_files, read_list
 from toolkit.toy import boxes_path

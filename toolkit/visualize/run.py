@@ -10,10 +10,11 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
-from toolkit.data.torch_backend import build_transform, normalize
+from toolkit.data.torch_backend import normalize
+from toolkit.data.transforms import build_transform
 from toolkit.engine import checkpoint
 from toolkit.engine.config import TrainConfig, override
-from toolkit.engine.trainer import prepare_model
+from toolkit.engine.model import prepare_model
 from toolkit.errors import UserError
 
 
@@ -105,7 +106,7 @@ def load_run(checkpoints_dir: str = "checkpoints", prefix: Optional[str] = None,
     """The checkpoint (PREFIX-NNNN.pt, or the newest) with the model its configuration builds; its
     normalisation, input size and class names are the checkpoint's (meta); `data` (default: the
     run's dataset) is read for records only, its classes.tsv checked against the model's names."""
-    from toolkit.inference.meta import check_class_map, load_trained
+    from toolkit.engine.meta import check_class_map, load_trained
     path = checkpoint.find(checkpoints_dir, prefix, epoch)
     state, cfg, meta = load_trained(path, data)
     data = data or cfg.data

@@ -269,6 +269,9 @@ def op_cases():
                                  + mx.sym.relu(1.0 - d) + 2.0 / (mx.sym.abs(d) + 1), (2, 3, 4, 4)),
         "broadcast_ops": (mx.sym.broadcast_add(d, v("bias_const", shape=(1, 3, 1, 1))) * mx.sym.broadcast_mul(d, v("scale_const", shape=(1, 1, 4, 1)))
                           - mx.sym.elemwise_add(d, d), (2, 3, 4, 4)),
+        "reshape_codes": (mx.sym.Reshape(mx.sym.Reshape(mx.sym.Reshape(mx.sym.Reshape(
+            d, shape=(0, -4, 3, -1, -3)), shape=(-3, -2)), shape=(-1, 0), reverse=True), shape=(2, -1)),
+            (2, 6, 4, 5)),
         "reshape_flatten_concat_dropout": (mx.sym.Concat(mx.sym.Reshape(d, shape=(0, -1)),
                                                          mx.sym.Dropout(mx.sym.Flatten(d), p=0.3), dim=1),
                                            (2, 3, 4, 4)),
