@@ -266,3 +266,57 @@ def test_manual_route_words_from_the_devkit_verify_totals_and_evaluate_names_wor
     mapping = lists.read_synset_words(os.path.join(net["kaggle"], "LOC_synset_mapping.txt"))
     assert list(table.columns[:3]) == ["class", "name", "words"]  # a model with a class more: no words
     assert list(table["words"]) == [mapping[w] for w in sorted(mapping)] + [""] and "object" in table["words"][0]
+
+
+def test_other_flags_are_refused_before_the_sources_are_read(net, tar_set, monkeypatch):
+    """ImageNet's tar headers take minutes to read: a set of other flags is refused before that."""
+    from toolkit.imagenet import sources
+
+    def read(*_):
+        raise AssertionError("the sources were read before the flags were compared")
+    monkeypatch.setattr(sources, "open_route", read)
+    _one_line(run("prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", net["devkit"],
+                  "--out", tar_set, *FLAGS[:2], "--num-thread", "1", "--quality", 90, code=2),
+              "holds a finished set of other settings (--quality 95 (now 90))")
+
+
+@pytest.mark.parametrize("cut", ["after", "inside"])
+def test_a_commit_cut_short_is_finished_not_packed_again(net, tar_set, tmp_path, monkeypatch, cut):
+    """Ctrl-C during a split's commit (held until its renames are done) or a kill inside it: the same
+    command finishes the commit and packs nothing again (ImageNet's train split: hours)."""
+    from toolkit import shards
+    real_commit, real_replace = shards.commit, os.replace
+
+    def cut_short(name, staged, record):
+        if os.path.basename(name) != preparing.TRAIN:
+            return real_commit(name, staged, record)
+        calls = []
+
+        def replace(src, dst):  # the record's own rename, then one shard's: then the process dies
+            calls.append(src)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            real_replace(src, dst)
+        if cut == "inside":
+            monkeypatch.setattr(shards.os, "replace", replace)
+        try:
+            real_commit(name, staged, record)
+        finally:
+            monkeypatch.setattr(shards.os, "replace", real_replace)
+        raise KeyboardInterrupt  # the Ctrl-C held during the commit
+    monkeypatch.setattr(shards, "commit", cut_short)
+    out = tmp_path / "imagenet"
+    run("prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit", net["devkit"],
+        "--out", out, *FLAGS, code=130)
+    monkeypatch.setattr(shards, "commit", real_commit)
+
+    def never(job):
+        raise AssertionError(f"packed again: {job[1].path}")
+    monkeypatch.setattr(preparing, "encode_image", never)
+    monkeypatch.setattr(preparing, "_FILES", {})
+    prepared_val_only = run("prepare", "--train", net["train_tar"], "--val", net["val_tar"], "--devkit",
+                            net["devkit"], "--out", out, *FLAGS, code=1)
+    assert "packed again: ILSVRC2012_val" in str(prepared_val_only.exception)  # train was not
+    monkeypatch.undo()
+    prepared(net, out, "tar")
+    same_files(tar_set, out)

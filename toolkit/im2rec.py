@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from toolkit import imageops, recordio, shards
-from toolkit.errors import Stalled, UserError
+from toolkit.errors import Stalled, UserError, hard_exit
 from toolkit.lists import ListItem, read_list
 from toolkit.shards import shard_names
 
@@ -213,6 +213,21 @@ def _encoded(jobs, processes: int, chunk: int = 8, fn=None):
                       "record files being written were removed: run again, with a lower --num-thread") from None
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def interrupted_exit(message: str):
+    """A Ctrl-C's last line, then exit 130 at once, the packers ended first: a packer killed in the
+    middle of a message leaves the pool's result pipe half written, and the interpreter's exit would
+    join concurrent.futures' reader thread on it without end (seen once, --num-thread 2)."""
+    print(message, file=sys.stderr, flush=True)
+    packers = mp.active_children()
+    if not packers:  # packed in this process (--num-thread 1): nothing to hang on
+        sys.exit(130)
+    for proc in packers:
+        proc.kill()
+    for proc in packers:
+        proc.join(timeout=5)
+    hard_exit(130)
 
 
 def shard_bounds(total: int, num_shards: int) -> List[int]:

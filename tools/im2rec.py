@@ -121,9 +121,8 @@ def main(argv=None):
         print(f"Error: {e.message}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("\ninterrupted: files already complete are kept; the one being written was removed",
-              file=sys.stderr)
-        sys.exit(130)
+        im2rec.interrupted_exit("\ninterrupted: files already complete are kept; the one being written "
+                                "was removed")
 
 
 if __name__ == "__main__":

@@ -53,13 +53,13 @@ def prepare(train, val, devkit, kaggle, out, resize, quality, pass_through, num_
     Ctrl-C and the same command again continues with the first unfinished shard."""
     opts = im2rec.PackOptions(resize=resize, quality=quality, pass_through=pass_through,
                               num_thread=num_thread, num_shards=num_shards)
+    preparing.check_flags(out, opts)
     try:
         plan = preparing.plan(train, val, devkit, kaggle, out)
         summary = preparing.prepare(plan, opts)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: the finished shards are kept (recorded in {out}/{preparing.STATE}); "
-                   "run the same command to continue", err=True)
-        sys.exit(130)
+        im2rec.interrupted_exit(f"\ninterrupted: the finished shards are kept (recorded in {out}/"
+                                f"{preparing.STATE}); run the same command to continue")
     click.echo(f"{out}: {len(plan.classes)} classes")
     for name, s in summary.items():
         odd = ", ".join(f"{n} {preparing.KIND_NAMES.get(k, k)}" for k, n in sorted(s["kinds"].items())) or "none"

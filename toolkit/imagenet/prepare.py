@@ -86,14 +86,24 @@ def _texts(p: Plan):
     return texts
 
 
-def _settings(opts: im2rec.PackOptions, texts) -> dict:
+def _flags(opts: im2rec.PackOptions) -> dict:
     return {"resize": opts.resize, "quality": opts.quality, "pass_through": opts.pass_through,
-            "num_shards": opts.num_shards,
-            "files": {k: hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in sorted(texts.items())}}
+            "num_shards": opts.num_shards}
+
+
+def _settings(opts: im2rec.PackOptions, texts) -> dict:
+    return {**_flags(opts), "files": {k: hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in sorted(texts.items())}}
+
+
+def check_flags(out: str, opts: im2rec.PackOptions):
+    """Before any reading (ImageNet's tar headers take minutes): a set in `out` of other flags, or of
+    another tool, is refused at once; its lists are compared once the sources are read (prepare)."""
+    _check_out(out, _flags(opts))
 
 
 def _check_out(out: str, settings: dict) -> dict:
-    """The recorded state of `out` for these settings; another set there is refused."""
+    """The recorded state of `out` for these settings (without "files": the flags alone are compared);
+    another set there is refused."""
     path = os.path.join(out, STATE)
     if not os.path.exists(path):
         if glob.glob(os.path.join(glob.escape(out), "*.rec")) or os.path.exists(os.path.join(out, "classes.tsv")):
@@ -103,10 +113,10 @@ def _check_out(out: str, settings: dict) -> dict:
     with open(path) as f:
         state = json.load(f)
     old = state.get("settings", {})
-    if old != settings:
+    if {k: old.get(k) for k in settings} != settings:
         diff = [f"--{k.replace('_', '-')} {old.get(k)} (now {settings[k]})" for k in settings
                 if k != "files" and old.get(k) != settings[k]]
-        diff += [f"{k} differs" for k in settings["files"] if old.get("files", {}).get(k) != settings["files"][k]]
+        diff += [f"{k} differs" for k in settings.get("files", {}) if old.get("files", {}).get(k) != settings["files"][k]]
         raise UserError(f"{out} holds a {'finished' if state.get('finished') else 'partly packed'} set of other "
                         f"settings ({'; '.join(diff)}): give another --out, or the same flags and sources to continue")
     return state
@@ -163,7 +173,7 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
     total = len(split.paths)
     names = shards.shard_names(prefix, opts.num_shards)
     done = state["shards"].setdefault(name, {})
-    if name not in state.setdefault("committed", []):
+    if name not in state.setdefault("committed", []) and state.get("committing") != name:
         first = 0
         while str(first) in done and all(os.path.exists(_part(names[first] + e)) for e in (".rec", ".idx")):
             first += 1
@@ -182,8 +192,12 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
     if not records:
         raise UserError(f"{split.src}: none of its {total} images could be read (warnings above)")
     if name not in state["committed"]:
-        _commit(prefix, names, sum(np.array(s["acc"]) for s in finished), records)
+        resumed = state.get("committing") == name
+        state["committing"] = name  # recorded first: a commit cut short is finished, not packed again
+        _save(p.out, state)
+        _commit(prefix, names, sum(np.array(s["acc"]) for s in finished), records, resumed)
         state["committed"].append(name)
+        del state["committing"]
         _save(p.out, state)
     kinds = collections.Counter()
     for s in finished:
@@ -192,11 +206,18 @@ def _pack_split(p: Plan, name: str, opts: im2rec.PackOptions, state: dict, log) 
             "skipped": [w for s in finished for w in s["warnings"]]}
 
 
-def _commit(prefix: str, names: List[str], acc: np.ndarray, records: int):
+def _commit(prefix: str, names: List[str], acc: np.ndarray, records: int, resumed: bool = False):
     """The split's shards, all finished, put in place at once with its packing record (mean/std, the
-    shard set: toolkit/shards.py, as im2rec does): a reader never sees part of a split."""
+    shard set: toolkit/shards.py, as im2rec does): a reader never sees part of a split. `resumed`: a
+    commit was cut short (a Ctrl-C, held until its end, or a kill); shards.commit writes the record
+    first, so where some shards are in place already only the renames are left to do."""
     staged = [(_part(n + ext), n + ext) for n in names for ext in (".rec", ".idx")]  # each .rec first
-    shards.commit(prefix, staged, im2rec.mean_std(acc, records))
+    left = [(tmp, final) for tmp, final in staged if os.path.exists(tmp)]
+    if resumed and len(left) < len(staged):
+        for tmp, final in left:
+            os.replace(tmp, final)
+    else:
+        shards.commit(prefix, staged, im2rec.mean_std(acc, records))
 
 
 _FILES: Dict[str, int] = {}  # tar file -> descriptor, per packing process
