@@ -11,7 +11,7 @@ import runpy
 import sys
 import time
 
-from toolkit.engine import trainer
+from toolkit.engine import passes  # the trainer makes its validation loader there (make_loaders)
 
 
 class SlowLoader:
@@ -32,8 +32,8 @@ class SlowLoader:
 
 def main():
     seconds, status_dir, tool = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-    make_eval_loader = trainer.make_eval_loader
-    trainer.make_eval_loader = lambda *a, **k: SlowLoader(make_eval_loader(*a, **k), seconds)
+    make_eval_loader = passes.make_eval_loader
+    passes.make_eval_loader = lambda *a, **k: SlowLoader(make_eval_loader(*a, **k), seconds)
     sys.argv = [tool] + sys.argv[4:]
     status = 0
     try:

@@ -88,9 +88,10 @@ class SourceWatch:
         if not self.heard.wait(self.GRACE):
             import logging
             logging.getLogger("toolkit").error(f"Error: {error.message}")
-            from toolkit.data.workers import end_workers
             from toolkit.errors import hard_exit
-            end_workers()
+            close_all()  # as workers.end_workers, which imports this module (no circle)
+            for proc in multiprocessing.active_children():
+                proc.kill()
             hard_exit(error.exit_code)
 
 

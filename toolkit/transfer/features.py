@@ -175,7 +175,7 @@ def run_extraction(out: str, layer: Optional[str], split: str, pool: str, batch_
         cfg, source = feature_config(init_from, prefix, epoch, checkpoints_dir, recipe, data, model_flags,
                                      env, list_only=list_layers)
         transfer = Transfer(cfg, env, fresh=True, source=source)
-        cfg = transfer.resolve(cfg) if source is not None else cfg
+        cfg = transfer.resolve(cfg, head_used=False) if source is not None else cfg
         model = prepare_model(cfg, env)
         head = head_keys(cfg.recipe, cfg.model_kwargs(), model)
         if list_layers:

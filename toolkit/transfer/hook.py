@@ -34,9 +34,12 @@ class Transfer(ModelHook):
         self.head: List[str] = []
         self.freezer: Optional[Freezer] = None
 
-    def resolve(self, cfg):
+    def resolve(self, cfg, head_used: bool = True):
+        """cfg with the source's normalisation; head_used=False (features at a layer: the labels are
+        the data's, the head never runs) skips the class-map check of a kept head."""
         cfg = self._normalisation(cfg)
-        self.check_head_classes(cfg)
+        if head_used:
+            self.check_head_classes(cfg)
         return cfg
 
     def _normalisation(self, cfg):
