@@ -86,3 +86,16 @@ def invoke_tool(script, *args, check=True, env=None, cwd=None) -> Ran:
     if check and code != 0:
         raise AssertionError(f"{script} {args} exited {code}\nstdout:\n{ran.stdout}\nstderr:\n{ran.stderr}")
     return ran
+
+
+def write_separable_features(folder, classes: int, dim: int, sizes=(("train", 300), ("val", 120)), seed=0):
+    """FOLDER/{split}.npy and .labels.npy: `classes` Gaussian clusters in `dim` dimensions (for
+    train_linear), split by split from one generator."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, size=(classes, dim))
+    for split, n in sizes:
+        y = np.arange(n) % classes
+        np.save(os.path.join(folder, f"{split}.npy"),
+                (centres[y] + rng.normal(0, 1, size=(n, dim))).astype(np.float32))
+        np.save(os.path.join(folder, f"{split}.labels.npy"), y.astype(np.int64))

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from tests.helpers import invoke_tool, run_tool
+from tests.helpers import invoke_tool, run_tool, write_separable_features
 from toolkit import toy
 from toolkit.engine.config import make_config
 from toolkit.engine.optim import build_optimizer
@@ -206,12 +206,7 @@ def test_new_recipes_hold_torchvisions_parameter_counts():
 
 
 def test_linear_classifier_on_separable_features(tmp_path):
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 3, size=(6, 16))
-    for split, n in (("train", 300), ("val", 120)):
-        y = np.arange(n) % 6
-        np.save(tmp_path / f"{split}.npy", (centres[y] + rng.normal(0, 1, size=(n, 16))).astype(np.float32))
-        np.save(tmp_path / f"{split}.labels.npy", y.astype(np.int64))
+    write_separable_features(tmp_path, classes=6, dim=16)
     out = run_tool("tools/train_linear.py", tmp_path / "train", "--val", tmp_path / "val", "--json",
                    "--c-grid", "0.1,1")
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,11 +4,11 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from tests.conftest import REPO
+from tests.helpers import write_separable_features
 from tests.test_one_truth import toy, write_checkpoint  # noqa: F401 (a fixture)
 from toolkit.errors import UserError
 from toolkit.sweep import load_command
@@ -59,12 +59,7 @@ def test_predict_json_is_a_switch_and_never_writes_over_an_input(toy, tmp_path):
 
 def test_train_linear_names_classes_and_notes_the_grid_edge(tmp_path):
     main = tool("train_linear")
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 3, size=(3, 8))
-    for split, n in (("train", 60), ("val", 30)):
-        y = np.arange(n) % 3
-        np.save(tmp_path / f"{split}.npy", (centres[y] + rng.normal(0, 1, size=(n, 8))).astype(np.float32))
-        np.save(tmp_path / f"{split}.labels.npy", y.astype(np.int64))
+    write_separable_features(tmp_path, classes=3, dim=8, sizes=(("train", 60), ("val", 30)))
     (tmp_path / "train.json").write_text(json.dumps({"class_names": ["cat", "dog", "fox"]}))
     res = CliRunner().invoke(main, [str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--c-grid", "0.001,0.002",
                                     "--json-file", str(tmp_path / "r.json")])
